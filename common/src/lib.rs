@@ -1,0 +1,38 @@
+//! Plumbing that every Loopline binary needs, kept in one small crate.
+//!
+//! How this crate is laid out:
+//! - [`broker`]: the broker address (`mqtt://host:port`) and the MQTT options derived from it.
+//! - [`config`]: loading a TOML config file with errors that name the file and the key.
+//! - [`duration`]: human-readable durations (`"1s"`, `"250ms"`) in config files and flags.
+//! - [`logging`]: `tracing` set-up, human or JSON.
+//! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token that every task watches.
+
+pub mod broker;
+pub mod config;
+pub mod duration;
+pub mod logging;
+pub mod shutdown;
+
+pub use broker::BrokerUrl;
+pub use tokio_util::sync::CancellationToken;
+
+/// Errors of this crate; each names the input that was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("broker address {url:?}: {reason}")]
+    BrokerUrl { url: String, reason: String },
+    #[error("config file {path}: {source}")]
+    ConfigRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ConfigParse {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("log filter {filter:?}: {message}")]
+    LogFilter { filter: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
