@@ -1,0 +1,62 @@
+//! `loopline-ingest`: MQTT telemetry in, a Hive-partitioned Parquet lake out.
+//!
+//! How this crate is laid out:
+//! - [`config`]: what the ingester can be told, with defaults and checks.
+//! - [`cli`]: the command line, merged over the config file and the environment.
+//! - [`validate`]: decoding and checking one message; every rejection has a reason.
+//! - [`telemetry`]: the narrow `telemetry` table's schema and the row buffer of one file.
+//! - [`writer`]: partitions, rolling, durable file commits and the commit log.
+//! - [`service`]: the running process: MQTT task, bounded queue, writer task, shutdown.
+//! - [`stats`]: counters shared with whoever watches (progress line, exit report).
+
+pub mod cli;
+pub mod config;
+pub mod service;
+pub mod stats;
+pub mod telemetry;
+pub mod validate;
+pub mod writer;
+
+use std::path::PathBuf;
+
+pub use config::IngestConfig;
+pub use service::{IngestReport, run};
+pub use stats::{IngestStats, StatsSnapshot};
+
+/// Errors of the ingest library; each names what it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config key {key}: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing Parquet file {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("building the rows of {path}: {source}")]
+    Arrow {
+        path: PathBuf,
+        source: arrow_schema::ArrowError,
+    },
+    #[error("commit log {path}, line {line}: {message}")]
+    CommitLog {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("hour {hour} since the epoch cannot be a partition")]
+    TimestampOutOfRange { hour: i64 },
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    #[error(transparent)]
+    Common(#[from] loopline_common::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

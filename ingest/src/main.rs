@@ -1,0 +1,59 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use loopline_common::{CancellationToken, logging, shutdown};
+use loopline_ingest::IngestStats;
+use loopline_ingest::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("loopline-ingest: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        return match cli::to_toml(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loopline-ingest: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if cli.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loopline-ingest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: loopline_ingest::IngestConfig) -> anyhow::Result<()> {
+    logging::init(config.log_format, "info")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let token = CancellationToken::new();
+        shutdown::cancel_on_signal(token.clone());
+        tracing::info!(broker = %config.broker, lake = %config.lake.display(), ingest_id = %config.ingest_id, "loopline-ingest starting");
+        loopline_ingest::run(config, token, Arc::new(IngestStats::default()))
+            .await
+            .context("ingest failed")?;
+        Ok(())
+    })
+}

@@ -1,0 +1,238 @@
+//! The narrow `telemetry` table: one row per sample, and the in-memory buffer that becomes
+//! one Parquet file.
+//!
+//! Columns, in file order: `ts timestamp(us, UTC)`, `site`, `line`, `device`, `sensor`,
+//! `value float64`, `quality int16`, `boot_id`, `seq int64`. Strings are dictionary-encoded
+//! in the file; no Arrow schema is embedded, so every reader sees plain strings. Rows of one
+//! file are sorted by (device, sensor, ts), then (boot_id, seq) to make the order total.
+//! `docs/lake.md` is the user-facing reference; change both together.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    ArrayRef, DictionaryArray, Float64Array, Int16Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use loopline_proto::v1::TelemetryBatch;
+
+/// Name of the table's folder under the lake root.
+pub const TABLE: &str = "telemetry";
+
+/// Column positions, for sorting metadata and tests.
+pub mod col {
+    pub const TS: usize = 0;
+    pub const SITE: usize = 1;
+    pub const LINE: usize = 2;
+    pub const DEVICE: usize = 3;
+    pub const SENSOR: usize = 4;
+    pub const VALUE: usize = 5;
+    pub const QUALITY: usize = 6;
+    pub const BOOT_ID: usize = 7;
+    pub const SEQ: usize = 8;
+}
+
+fn dict() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// The Arrow schema of the table as Loopline writes it.
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
+                Field::new("site", dict(), false),
+                Field::new("line", dict(), false),
+                Field::new("device", dict(), false),
+                Field::new("sensor", dict(), false),
+                Field::new("value", DataType::Float64, false),
+                Field::new("quality", DataType::Int16, false),
+                Field::new("boot_id", dict(), false),
+                Field::new("seq", DataType::Int64, false),
+            ]))
+        })
+        .clone()
+}
+
+/// Strings of one column, each stored once.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Box<str>, i32>,
+    values: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, value: &str) -> i32 {
+        if let Some(id) = self.ids.get(value) {
+            return *id;
+        }
+        let id = self.values.len() as i32;
+        self.values.push(value.into());
+        self.ids.insert(value.into(), id);
+        id
+    }
+
+    /// Rank of each id in the strings' lexicographic order.
+    fn ranks(&self) -> Vec<u32> {
+        let mut order: Vec<usize> = (0..self.values.len()).collect();
+        order.sort_unstable_by(|a, b| self.values[*a].cmp(&self.values[*b]));
+        let mut ranks = vec![0; order.len()];
+        for (rank, id) in order.into_iter().enumerate() {
+            ranks[id] = rank as u32;
+        }
+        ranks
+    }
+
+    fn dictionary(&self, keys: Vec<i32>) -> ArrayRef {
+        let values = StringArray::from_iter_values(self.values.iter().map(|v| &**v));
+        // Keys come from `intern`, so every key is in range of `values`.
+        Arc::new(DictionaryArray::<Int32Type>::new(
+            Int32Array::from(keys),
+            Arc::new(values),
+        ))
+    }
+
+    fn heap_size(&self) -> usize {
+        self.values.iter().map(|v| 2 * v.len() + 48).sum()
+    }
+}
+
+/// Rows of one partition (site, line, hour) waiting to become one file.
+#[derive(Debug, Default)]
+pub struct TelemetryBuffer {
+    ts: Vec<i64>,
+    device: Vec<i32>,
+    sensor: Vec<i32>,
+    value: Vec<f64>,
+    quality: Vec<i16>,
+    boot_id: Vec<i32>,
+    seq: Vec<i64>,
+    devices: Interner,
+    sensors: Interner,
+    boot_ids: Interner,
+    min_ts_us: i64,
+    max_ts_us: i64,
+}
+
+/// Bytes one buffered row costs, for the memory budget.
+pub const ROW_BYTES: usize = 8 + 4 + 4 + 8 + 2 + 4 + 8;
+
+impl TelemetryBuffer {
+    /// Appends the samples of `batch` whose timestamps satisfy `keep` (the caller routes each
+    /// hour to its own buffer). `batch` must have passed [`crate::validate::check`].
+    pub fn append(&mut self, batch: &TelemetryBatch, keep: impl Fn(i64) -> bool) -> usize {
+        let Some(device) = batch.device.as_ref() else {
+            return 0;
+        };
+        let device = self.devices.intern(&device.device);
+        let boot_id = self.boot_ids.intern(&batch.boot_id);
+        // Validated: seq fits in i64.
+        let seq = batch.seq as i64;
+        let before = self.ts.len();
+        for channel in &batch.channels {
+            let Ok(samples) = channel.samples(batch.base_ts_us) else {
+                continue;
+            };
+            let sensor = self.sensors.intern(&channel.sensor);
+            for sample in samples.filter(|s| keep(s.ts_us)) {
+                if self.ts.is_empty() {
+                    self.min_ts_us = sample.ts_us;
+                    self.max_ts_us = sample.ts_us;
+                } else {
+                    self.min_ts_us = self.min_ts_us.min(sample.ts_us);
+                    self.max_ts_us = self.max_ts_us.max(sample.ts_us);
+                }
+                self.ts.push(sample.ts_us);
+                self.device.push(device);
+                self.sensor.push(sensor);
+                self.value.push(f64::from(sample.value));
+                self.quality.push(sample.quality as i16);
+                self.boot_id.push(boot_id);
+                self.seq.push(seq);
+            }
+        }
+        self.ts.len() - before
+    }
+
+    pub fn rows(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    /// Smallest and largest sample timestamp buffered.
+    pub fn ts_range(&self) -> (i64, i64) {
+        (self.min_ts_us, self.max_ts_us)
+    }
+
+    /// Approximate heap bytes held.
+    pub fn heap_size(&self) -> usize {
+        self.ts.capacity() * ROW_BYTES
+            + self.devices.heap_size()
+            + self.sensors.heap_size()
+            + self.boot_ids.heap_size()
+    }
+
+    /// The buffered rows as one record batch, sorted by (device, sensor, ts, boot_id, seq).
+    pub fn to_record_batch(
+        &self,
+        site: &str,
+        line: &str,
+    ) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let device_rank = self.devices.ranks();
+        let sensor_rank = self.sensors.ranks();
+        let boot_rank = self.boot_ids.ranks();
+        let mut order: Vec<u32> = (0..self.ts.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| {
+            let i = i as usize;
+            (
+                device_rank[self.device[i] as usize],
+                sensor_rank[self.sensor[i] as usize],
+                self.ts[i],
+                boot_rank[self.boot_id[i] as usize],
+                self.seq[i],
+            )
+        });
+        let take_i32 = |col: &[i32]| order.iter().map(|&i| col[i as usize]).collect::<Vec<_>>();
+        let n = order.len();
+        let constant = |value: &str| -> ArrayRef {
+            Arc::new(DictionaryArray::<Int32Type>::new(
+                Int32Array::from(vec![0; n]),
+                Arc::new(StringArray::from(vec![value])),
+            ))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    order.iter().map(|&i| self.ts[i as usize]),
+                )
+                .with_timezone("UTC"),
+            ),
+            constant(site),
+            constant(line),
+            self.devices.dictionary(take_i32(&self.device)),
+            self.sensors.dictionary(take_i32(&self.sensor)),
+            Arc::new(Float64Array::from_iter_values(
+                order.iter().map(|&i| self.value[i as usize]),
+            )),
+            Arc::new(Int16Array::from_iter_values(
+                order.iter().map(|&i| self.quality[i as usize]),
+            )),
+            self.boot_ids.dictionary(take_i32(&self.boot_id)),
+            Arc::new(Int64Array::from_iter_values(
+                order.iter().map(|&i| self.seq[i as usize]),
+            )),
+        ];
+        RecordBatch::try_new(schema(), columns)
+    }
+}
