@@ -1,11 +1,13 @@
 //! The narrow `telemetry` table: one row per sample, and the in-memory buffer that becomes
 //! one Parquet file.
 //!
-//! Columns, in file order: `ts timestamp(us, UTC)`, `site`, `line`, `device`, `sensor`,
-//! `value float64`, `quality int16`, `boot_id`, `seq int64`. Strings are dictionary-encoded
-//! in the file; no Arrow schema is embedded, so every reader sees plain strings. Rows of one
-//! file are sorted by (device, sensor, ts), then (boot_id, seq) to make the order total.
-//! `docs/lake.md` is the user-facing reference; change both together.
+//! Columns, in file order: `ts timestamp(us, UTC)`, `device`, `sensor`, `value float64`,
+//! `quality int16`, `boot_id`, `seq int64`. `site` and `line` (and `date`, `hour`) are Hive
+//! partition keys, held by the path alone as Hive-style writers do: a file that also held them
+//! would make pyarrow's `read_table` and pandas fail to merge the two. Strings are
+//! dictionary-encoded in the file; no Arrow schema is embedded, so every reader sees plain
+//! strings. Rows of one file are sorted by (device, sensor, ts), then (boot_id, seq) to make
+//! the order total. `docs/lake.md` is the user-facing reference; change both together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -24,14 +26,12 @@ pub const TABLE: &str = "telemetry";
 /// Column positions, for sorting metadata and tests.
 pub mod col {
     pub const TS: usize = 0;
-    pub const SITE: usize = 1;
-    pub const LINE: usize = 2;
-    pub const DEVICE: usize = 3;
-    pub const SENSOR: usize = 4;
-    pub const VALUE: usize = 5;
-    pub const QUALITY: usize = 6;
-    pub const BOOT_ID: usize = 7;
-    pub const SEQ: usize = 8;
+    pub const DEVICE: usize = 1;
+    pub const SENSOR: usize = 2;
+    pub const VALUE: usize = 3;
+    pub const QUALITY: usize = 4;
+    pub const BOOT_ID: usize = 5;
+    pub const SEQ: usize = 6;
 }
 
 fn dict() -> DataType {
@@ -49,8 +49,6 @@ pub fn schema() -> SchemaRef {
                     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
                     false,
                 ),
-                Field::new("site", dict(), false),
-                Field::new("line", dict(), false),
                 Field::new("device", dict(), false),
                 Field::new("sensor", dict(), false),
                 Field::new("value", DataType::Float64, false),
@@ -105,7 +103,8 @@ impl Interner {
     }
 }
 
-/// Rows of one partition (site, line, hour) waiting to become one file.
+/// Rows of one partition (site, line, hour) waiting to become one file. Site and line are
+/// the partition's, so they are not stored per row.
 #[derive(Debug, Default)]
 pub struct TelemetryBuffer {
     ts: Vec<i64>,
@@ -184,11 +183,7 @@ impl TelemetryBuffer {
     }
 
     /// The buffered rows as one record batch, sorted by (device, sensor, ts, boot_id, seq).
-    pub fn to_record_batch(
-        &self,
-        site: &str,
-        line: &str,
-    ) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    pub fn to_record_batch(&self) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let device_rank = self.devices.ranks();
         let sensor_rank = self.sensors.ranks();
         let boot_rank = self.boot_ids.ranks();
@@ -204,13 +199,6 @@ impl TelemetryBuffer {
             )
         });
         let take_i32 = |col: &[i32]| order.iter().map(|&i| col[i as usize]).collect::<Vec<_>>();
-        let n = order.len();
-        let constant = |value: &str| -> ArrayRef {
-            Arc::new(DictionaryArray::<Int32Type>::new(
-                Int32Array::from(vec![0; n]),
-                Arc::new(StringArray::from(vec![value])),
-            ))
-        };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(
                 TimestampMicrosecondArray::from_iter_values(
@@ -218,8 +206,6 @@ impl TelemetryBuffer {
                 )
                 .with_timezone("UTC"),
             ),
-            constant(site),
-            constant(line),
             self.devices.dictionary(take_i32(&self.device)),
             self.sensors.dictionary(take_i32(&self.sensor)),
             Arc::new(Float64Array::from_iter_values(

@@ -276,7 +276,7 @@ impl LakeWriter {
         let path = dir.join(&name);
         let batch = partition
             .rows
-            .to_record_batch(&key.site, &key.line)
+            .to_record_batch()
             .map_err(|source| Error::Arrow {
                 path: path.clone(),
                 source,

@@ -68,6 +68,18 @@ fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Site and line from a file's Hive path, as readers with Hive partitioning see them.
+fn partition_of(path: &Path) -> (String, String) {
+    let text = path.to_string_lossy();
+    let key = |k: &str| {
+        text.split('/')
+            .find_map(|level| level.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    };
+    (key("site="), key("line="))
+}
+
 fn read_file(path: &Path) -> Vec<Row> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
         .unwrap()
@@ -94,9 +106,9 @@ fn read_file(path: &Path) -> Vec<Row> {
             .column_by_name("seq")
             .unwrap()
             .as_primitive::<Int64Type>();
-        let (site, line, device, sensor, boot) = (
-            strings(&batch, "site"),
-            strings(&batch, "line"),
+        assert!(batch.column_by_name("site").is_none() && batch.column_by_name("line").is_none());
+        let (site, line) = partition_of(path);
+        let (device, sensor, boot) = (
             strings(&batch, "device"),
             strings(&batch, "sensor"),
             strings(&batch, "boot_id"),
@@ -105,8 +117,8 @@ fn read_file(path: &Path) -> Vec<Row> {
         for i in 0..batch.num_rows() {
             rows.push((
                 ts.value(i),
-                site[i].clone(),
-                line[i].clone(),
+                site.clone(),
+                line.clone(),
                 device[i].clone(),
                 sensor[i].clone(),
                 value.value(i).to_bits(),
