@@ -1,1 +1,82 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use loopline::demo::{self, DemoArgs};
+use loopline_common::{CancellationToken, logging, shutdown};
+
+/// Loopline: the loop between the line's NPUs and the data centre's GPUs.
+///
+/// `loopline demo` runs a whole factory in one process: simulated lines of edge devices
+/// publishing telemetry over MQTT, ingest writing a Parquet lake, and a verified summary.
+#[derive(Debug, Parser)]
+#[command(name = "loopline", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a simulated factory end to end and summarise what reached the lake.
+    Demo(DemoArgs),
+    /// Run the embedded MQTT broker (for machines without Mosquitto).
+    Broker {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => run_demo(args),
+        Command::Broker { listen } => run_broker(listen),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loopline: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    // The demo's own progress line speaks; the libraries only warn.
+    logging::init(Default::default(), "warn,rumqttd=off")?;
+    runtime()?.block_on(async {
+        let token = CancellationToken::new();
+        shutdown::cancel_on_signal(token.clone());
+        let summary = demo::run(args, token).await?;
+        print!("{}", summary.render());
+        Ok(if summary.verified {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(3)
+        })
+    })
+}
+
+fn run_broker(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    logging::init(Default::default(), "info,rumqttd=warn")?;
+    runtime()?.block_on(async {
+        let token = CancellationToken::new();
+        shutdown::cancel_on_signal(token.clone());
+        let url = loopline::broker::start(listen)?;
+        tracing::info!(%url, "embedded broker listening");
+        // Tests and scripts wait for this line.
+        println!("listening on {url}");
+        token.cancelled().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -60,7 +60,12 @@ pub async fn run(
         .map_err(|e| Error::Internal(format!("lake writer start panicked: {e}")))??;
     let commit_log = writer.commit_log_path().to_owned();
     let (tx, rx) = mpsc::channel(config.queue_capacity.get());
-    let mqtt = tokio::spawn(mqtt_task(config.clone(), tx, shutdown.clone()));
+    let mqtt = tokio::spawn(mqtt_task(
+        config.clone(),
+        tx,
+        shutdown.clone(),
+        stats.clone(),
+    ));
     let written = tokio::spawn(writer_task(config.clone(), writer, rx, stats.clone()));
 
     let mqtt_result = mqtt.await;
@@ -112,6 +117,7 @@ async fn mqtt_task(
     config: IngestConfig,
     tx: mpsc::Sender<Received>,
     shutdown: CancellationToken,
+    stats: Arc<IngestStats>,
 ) -> Result<()> {
     let mut options = config
         .broker
@@ -152,6 +158,8 @@ async fn mqtt_task(
                         config.broker
                     )));
                 }
+                tracing::info!(%filter, "subscribed");
+                stats.set_subscribed(true);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let message = Received {
@@ -165,6 +173,7 @@ async fn mqtt_task(
             }
             Ok(_) => {}
             Err(e) => {
+                stats.set_subscribed(false);
                 if outage.is_none() {
                     tracing::warn!(broker = %config.broker, error = %e, "broker connection lost; retrying");
                     outage = Some(Instant::now());

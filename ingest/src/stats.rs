@@ -1,7 +1,7 @@
 //! Counters shared between the ingest tasks and whoever watches them (the demo's progress
 //! line, the exit report). Plain atomics: cheap to bump, cheap to read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -17,6 +17,7 @@ pub struct IngestStats {
     rows_committed: AtomicU64,
     files_committed: AtomicU64,
     bytes_committed: AtomicU64,
+    subscribed: AtomicBool,
 }
 
 /// A copy of the counters at one moment.
@@ -58,6 +59,15 @@ impl IngestStats {
         self.rows_committed.fetch_add(rows, Ordering::Relaxed);
         self.files_committed.fetch_add(1, Ordering::Relaxed);
         self.bytes_committed.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_subscribed(&self, subscribed: bool) {
+        self.subscribed.store(subscribed, Ordering::Relaxed);
+    }
+
+    /// Whether the broker has granted the telemetry subscription on the current connection.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -1,0 +1,140 @@
+//! The Loopline edge agent, spine version: simulated sensors, sealed batches, QoS 1
+//! publishing with acknowledgement tracking, clean shutdown.
+//!
+//! How this crate is laid out:
+//! - [`config`]: [`AgentConfig`], its defaults and its start-up checks; [`cli`]: the flags and
+//!   environment variables laid over it.
+//! - [`signal`]: the deterministic signal generator (four sensors per device), and the sample
+//!   index → timestamp arithmetic everything else relies on.
+//! - [`batch`]: sealing a run of samples into a `TelemetryBatch` (pure, no I/O).
+//! - [`acks`]: the pure state machine that follows each QoS 1 publish through rumqttc to its
+//!   PUBACK, across reconnections. Its module documentation explains why
+//!   `AsyncClient::publish` returning is not an acknowledgement.
+//! - `device`: per device, a task that owns the MQTT event loop and one that seals and
+//!   publishes; the only module doing network I/O.
+//! - [`stats`]: shared counters; [`report`]: what a run did, per device; [`clock`]: the
+//!   injected start time.
+//!
+//! [`run`] ties them together: one device task per configured device, all watching one
+//! cancellation token. The `loopline-agent` binary is a thin wrapper around it, and the
+//! in-process demo calls it directly with several configurations sharing one [`AgentStats`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use loopline_common::CancellationToken;
+use tokio::task::JoinSet;
+use tracing::info;
+
+pub mod acks;
+pub mod batch;
+pub mod cli;
+pub mod clock;
+pub mod config;
+mod device;
+pub mod report;
+pub mod signal;
+pub mod stats;
+
+pub use config::AgentConfig;
+pub use device::{Backoff, MAX_IN_FLIGHT_BATCHES, seq_ranges};
+pub use report::{AgentReport, DeviceReport};
+pub use stats::{AgentStats, StatsSnapshot};
+
+/// Errors of the agent; each names what it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is wrong; `key` is its name in the config file.
+    #[error("config key {key}: {reason}")]
+    Config { key: &'static str, reason: String },
+    /// The config file cannot be read or parsed.
+    #[error(transparent)]
+    ConfigFile(#[from] loopline_common::Error),
+    #[error("report file {path}: {source}")]
+    Report {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A device task failed; the other devices were still drained.
+    #[error("device {device}: {reason}")]
+    Device { device: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs the agent until `shutdown` is cancelled (or, with `config.batches` > 0, until every
+/// device has sealed that many batches), then drains and reports.
+///
+/// `clock_start_us` is the timestamp of sample 0 in µs since the Unix epoch; `None` takes the
+/// wall clock now. Tests pass a fixed value (with `tokio::time::pause`) for reproducible
+/// output. `stats` may be shared with other agents in the same process.
+///
+/// Returns the per-device report (also written to `config.report_file` when set). Batches
+/// the broker never acknowledged are counted in it as lost; that is not an error here, the
+/// binary turns it into exit status 3.
+pub async fn run(
+    config: AgentConfig,
+    clock_start_us: Option<i64>,
+    shutdown: CancellationToken,
+    stats: Arc<AgentStats>,
+) -> Result<AgentReport> {
+    let devices = config.validate()?;
+    let clock = clock::AgentClock::starting_at(clock_start_us.unwrap_or_else(clock::wall_clock_us));
+    let config = Arc::new(config);
+    info!(
+        devices = devices.len(),
+        site = %config.site,
+        line = %config.line,
+        broker = %config.broker,
+        sample_rate_hz = config.sample_rate_hz.get(),
+        batch_interval = %loopline_common::duration::format(config.batch_interval),
+        batches = config.batches,
+        "agent starting"
+    );
+
+    let mut tasks = JoinSet::new();
+    for (index, id) in devices.iter().enumerate() {
+        let spec = device::DeviceSpec {
+            id: id.clone(),
+            config: Arc::clone(&config),
+            clock,
+            shutdown: shutdown.clone(),
+            stats: Arc::clone(&stats),
+        };
+        tasks.spawn(async move { (index, device::run_device(spec).await) });
+    }
+
+    let mut reports: Vec<Option<DeviceReport>> = vec![None; devices.len()];
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, Ok(report))) => reports[index] = Some(report),
+            Ok((_, Err(e))) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(Error::Device {
+                    device: "(unknown)".to_owned(),
+                    reason: format!("device task failed: {e}"),
+                });
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let report = AgentReport {
+        devices: reports.into_iter().flatten().collect(),
+    };
+    if let Some(path) = &config.report_file {
+        report.write_json(path)?;
+    }
+    let snapshot = stats.snapshot();
+    info!(
+        batches_acked = report.batches_acked(),
+        lost_batches = report.lost_batches(),
+        connection_errors = snapshot.connection_errors,
+        "agent stopped"
+    );
+    Ok(report)
+}

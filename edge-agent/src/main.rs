@@ -1,0 +1,77 @@
+//! `loopline-agent`: parse the command line, load the configuration, start logging and signal
+//! handling, and hand over to [`loopline_agent::run`].
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use loopline_agent::cli::Cli;
+use loopline_agent::{AgentStats, run};
+use loopline_common::{CancellationToken, logging, shutdown};
+
+/// Some batches were sealed but never acknowledged by the broker.
+const EXIT_LOST: u8 = 3;
+/// The configuration is invalid (clap uses the same status for bad flags).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.load_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("loopline-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.print_config {
+        return match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loopline-agent: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("loopline-agent: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if cli.check_config {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    match agent(config) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(lost) => {
+            eprintln!(
+                "loopline-agent: {lost} batches were never acknowledged by the broker and are lost"
+            );
+            ExitCode::from(EXIT_LOST)
+        }
+        Err(e) => {
+            eprintln!("loopline-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the agent; returns the number of lost batches.
+fn agent(config: loopline_agent::AgentConfig) -> anyhow::Result<u64> {
+    logging::init(config.log_format, "info").context("cannot start logging")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let token = CancellationToken::new();
+        shutdown::cancel_on_signal(token.clone());
+        let report = run(config, None, token, Arc::new(AgentStats::new()))
+            .await
+            .context("agent failed")?;
+        Ok(report.lost_batches())
+    })
+}
