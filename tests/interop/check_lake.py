@@ -3,24 +3,33 @@
 
     .venv/bin/python tests/interop/check_lake.py --lake DIR --summary FILE
 
-Reads <lake>/telemetry with three independent Parquet readers, each with hive partitioning:
-  pyarrow  pyarrow.dataset.dataset(<lake>/telemetry, format="parquet", partitioning=<hive>)
-  duckdb   read_parquet('<lake>/telemetry/**/*.parquet', hive_partitioning = true, ...)
-  polars   pl.scan_parquet('<lake>/telemetry/**/*.parquet', hive_partitioning=True, ...)
-and checks, in each reader's own type system and engine:
-  - column types, dataset level and file by file (ts UTC timestamp in microseconds, value
-    double, quality int16, seq int64, strings are plain strings, file column order), and that
-    the hive columns site/line/date/hour are present;
-  - total rows == summary rows_committed, files seen == files on disk == files_committed;
-  - per (device, boot_id): site/line as in the summary, rows == samples, and the distinct seq set
-    is exactly first_seq..=last_seq; no lake (device, boot_id) missing from the summary;
-  - no duplicate (device, boot_id, seq, sensor, ts) rows;
-  - per file: the hive site/line (from the path) == the site/line stored in the file, and the
-    reader's hive date/hour == the path's;
-  - no nulls in key columns, quality in {0,1,2}, boot_id is 32 hex chars.
-Hive partition columns are read with explicit types (site/line strings, date a date, hour an
-integer) because type inference from path values differs between readers; each reader is also
-probed with its plain default options and any difference is printed as a warning.
+Lake layout: <lake>/telemetry/site=<s>/line=<l>/date=<YYYY-MM-DD>/hour=<HH>/part-<ingest-id>-<n:08>.parquet.
+site, line, date and hour live in the path only; every file holds exactly, in this order:
+ts TIMESTAMP(MICROS, UTC), device, sensor, value float64, quality int16, boot_id, seq int64
+(strings dictionary-encoded, no embedded ARROW:schema).
+
+Three readers, each with hive partitioning and explicit partition types (site/line string,
+date a date, hour an integer), so that numeric-looking names such as line=01 stay strings:
+  pyarrow  pyarrow.dataset.dataset(<tele>, format="parquet", partitioning=<explicit hive schema>)
+  duckdb   read_parquet('<tele>/**/*.parquet', hive_partitioning = true, hive_types = {...})
+  polars   pl.scan_parquet('<tele>/**/*.parquet', hive_partitioning=True, hive_schema={...})
+Each checks, with aggregations in its own engine:
+  - every file on its own (hive off): exactly the 7 columns above, in order, with their types;
+    pyarrow and duckdb also: no ARROW:schema, string columns dictionary-encoded (polars: ARROW:schema);
+  - the dataset: those 7 columns plus site/line/date/hour with the explicit types;
+  - per file: the site/line/date/hour the reader exposes == the path's; ts inside that hour;
+  - total rows == summary rows_committed; files read == files on disk == files_committed;
+  - per (site, line, device, boot_id) -- device names are unique only within a site/line:
+    rows == samples and distinct seq == first_seq..=last_seq; nothing in the lake that the summary
+    lacks; no duplicate (site, line, device, boot_id, seq, sensor, ts);
+  - no nulls, quality in {0,1,2}, boot_id 32 hex chars.
+Then the plain, no-options reads a user would write must work and see every row (a failure or a
+different row count fails the check); a site/line type other than string, or site/line values
+that differ from the path's, is reported as a warning:
+  pq.read_table       pyarrow.parquet.read_table(<tele>)
+  ds.dataset/hive     pyarrow.dataset.dataset(<tele>, partitioning="hive")
+  duckdb/defaults     read_parquet('<tele>/**/*.parquet', hive_partitioning = true)
+  polars/defaults     pl.scan_parquet('<tele>/**/*.parquet', hive_partitioning=True)
 
 Exit status: 0 all good, 1 a check failed, 2 bad invocation (missing lake or summary).
 """
@@ -37,10 +46,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-EXPECTED = [
+FILE_SCHEMA = [
     ("ts", "timestamp[us,UTC]"),
-    ("site", "string"),
-    ("line", "string"),
     ("device", "string"),
     ("sensor", "string"),
     ("value", "float64"),
@@ -48,15 +55,22 @@ EXPECTED = [
     ("boot_id", "string"),
     ("seq", "int64"),
 ]
-FILE_COLS = [n for n, _ in EXPECTED]
-HIVE_COLS = ["site", "line", "date", "hour"]
-NOT_NULL = ["ts", "site", "line", "device", "sensor", "quality", "boot_id", "seq"]
-DUP_KEY = ["device", "boot_id", "seq", "sensor", "ts"]
+HIVE_SCHEMA = [("site", "string"), ("line", "string"), ("date", "date32"), ("hour", "int32")]
+FILE_COLS = [n for n, _ in FILE_SCHEMA]
+HIVE_COLS = [n for n, _ in HIVE_SCHEMA]
+DICT_COLS = ["device", "sensor", "boot_id"]  # dictionary-encoded string columns
+ALL_COLS = FILE_COLS + HIVE_COLS
+DEVICE_KEY = ["site", "line", "device", "boot_id"]
+DUP_KEY = ["site", "line", "device", "boot_id", "seq", "sensor", "ts"]
 PATH_RE = re.compile(
     r"^site=(?P<site>[^/]+)/line=(?P<line>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})"
-    r"/hour=(?P<hour>\d{2})/part-(?P<ingest>.+)-(?P<n>\d+)\.parquet$")
-SAFE_ID = re.compile(r"^[A-Za-z0-9._-]+$")
+    r"/hour=(?P<hour>\d{2})/part-(?P<ingest>.+)-(?P<n>\d{8})\.parquet$")
+# site/line values: [A-Za-z0-9_.-], 1-64 bytes, not starting with '.'
+ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+BOOT_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 UTC_NAMES = {"UTC", "+00:00", "Etc/UTC", "Z", "utc"}
+HOUR_US = 3_600_000_000
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 MAX_LINES = 8  # per problem category and reader
 
 READERS = ("pyarrow", "duckdb", "polars")
@@ -75,7 +89,7 @@ def sq(s: str) -> str:
 def fmt_us(us) -> str:
     if us is None:
         return "null"
-    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(us))).isoformat()
+    return (EPOCH + dt.timedelta(microseconds=int(us))).isoformat()
 
 
 def ranges(nums) -> str:
@@ -91,32 +105,48 @@ def ranges(nums) -> str:
     return ", ".join(out[:6]) + (f", ... ({len(out) - 6} more runs)" if len(out) > 6 else "")
 
 
+def who(key) -> str:
+    site, line, device, boot = key
+    return f"device {site}/{line}/{device} boot {str(boot)[:8]}.."
+
+
+def short(items, n=6) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
 @dataclass
 class FileFacts:
     rows: int = 0
-    hive: set = field(default_factory=set)      # {(site, line)} as the reader exposes them (hive on)
-    infile: set = field(default_factory=set)    # {(site, line)} stored in the file (hive off)
-    hive_dh: set = field(default_factory=set)   # {(date 'YYYY-MM-DD', hour int)} from the reader
+    hive: set = field(default_factory=set)      # {(site, line, 'YYYY-MM-DD', hour)} as the reader exposes them
     ts_min: int | None = None                   # epoch microseconds
     ts_max: int | None = None
+
+    def add(self, n, site, line, date, hour, lo, hi):
+        self.rows += n
+        self.hive.add((site, line, date, hour))
+        if lo is not None:
+            self.ts_min = lo if self.ts_min is None else min(self.ts_min, lo)
+        if hi is not None:
+            self.ts_max = hi if self.ts_max is None else max(self.ts_max, hi)
 
 
 @dataclass
 class Facts:
     """What one reader saw, normalised to plain Python so the checks below are shared."""
     schema: list = field(default_factory=list)         # [(name, raw type, normalised type)]
-    file_schemas: dict = field(default_factory=dict)   # rel path -> [(name, raw, norm)]
+    file_schemas: dict = field(default_factory=dict)   # rel path -> [(name, raw, norm)], hive off
+    file_format: dict = field(default_factory=dict)    # defect text -> [rel paths]
     rows: int = 0
     files: int = 0
     files_note: str = ""
-    groups: dict = field(default_factory=dict)         # (device, boot_id) -> dict(rows,nseq,min,max,sl)
-    seqs: object = None                                # callable (device, boot_id) -> sorted seqs
+    groups: dict = field(default_factory=dict)         # (site, line, device, boot_id) -> dict(rows,nseq,min,max)
+    seqs: object = None                                # callable(key) -> distinct seqs of that device boot
     dup_excess: int = 0
-    dup_examples: list = field(default_factory=list)   # [(device, boot_id, seq, sensor, ts_us, n)]
+    dup_examples: list = field(default_factory=list)   # [(site, line, device, boot_id, seq, sensor, ts_us, n)]
     per_file: dict = field(default_factory=dict)       # rel path -> FileFacts
     nulls: dict = field(default_factory=dict)
     bad_quality: int = 0
-    bad_boot_id: int = 0
     extra: list = field(default_factory=list)          # reader-specific notes
 
 
@@ -130,12 +160,13 @@ class Result:
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     seconds: float = 0.0
+    _counts: dict = field(default_factory=dict)
 
-    def problem(self, category: str, msg: str, counts: dict) -> None:
-        counts[category] = counts.get(category, 0) + 1
-        if counts[category] <= MAX_LINES:
+    def problem(self, category: str, msg: str) -> None:
+        c = self._counts[category] = self._counts.get(category, 0) + 1
+        if c <= MAX_LINES:
             self.problems.append(msg)
-        elif counts[category] == MAX_LINES + 1:
+        elif c == MAX_LINES + 1:
             self.problems.append(f"... more '{category}' problems not shown")
 
     @property
@@ -143,18 +174,37 @@ class Result:
         return "FAIL" if self.problems else "OK"
 
 
+def rel_to(tele: Path):
+    """Path as a reader reports it -> path relative to telemetry/ (memoised: called per row group)."""
+    prefix = str(tele).rstrip("/") + "/"
+    memo: dict = {}
+
+    def rel(p: str) -> str:
+        r = memo.get(p)
+        if r is None:
+            r = memo[p] = p[len(prefix):] if p.startswith(prefix) else \
+                os.path.relpath(os.path.realpath(p), os.path.realpath(tele)).replace(os.sep, "/")
+        return r
+    return rel
+
+
 # ----------------------------------------------------------------------------- filesystem
 @dataclass
 class Disk:
     tele: Path
-    files: list                 # rel paths of committed part files (*.parquet, no leading '.')
+    files: list                 # rel paths of committed part files (*.parquet, no leading '.' or '_')
     tmp: list                   # rel paths of in-flight '.*.tmp' files
     other: list                 # anything else
     path_keys: dict             # rel -> dict(site, line, date, hour)
+    meta: dict                  # rel -> pyarrow FileMetaData (footer)
+    rows: int = 0               # sum of the footers' row counts
+    sl_rows: dict = field(default_factory=dict)  # (site, line) from the path -> rows (footers)
 
 
-def scan_disk(tele: Path) -> Disk:
-    files, tmp, other, keys = [], [], [], {}
+def scan_disk(tele: Path, res: Result) -> Disk:
+    import pyarrow.parquet as pq
+
+    files, tmp, other, keys, meta = [], [], [], {}, {}
     for dirpath, dirnames, filenames in os.walk(tele):
         dirnames.sort()
         for fn in sorted(filenames):
@@ -168,40 +218,54 @@ def scan_disk(tele: Path) -> Disk:
                     keys[rel] = {k: m.group(k) for k in ("site", "line", "date", "hour")}
             else:
                 other.append(rel)
-    return Disk(tele, files, tmp, other, keys)
+    disk = Disk(tele, files, tmp, other, keys, meta)
+    for rel in files:
+        try:
+            meta[rel] = pq.read_metadata(tele / rel)
+        except Exception as e:  # noqa: BLE001
+            res.problem("file", f"{rel}: unreadable Parquet footer: {type(e).__name__}: {e}")
+            continue
+        disk.rows += meta[rel].num_rows
+        if rel in keys:
+            sl = (keys[rel]["site"], keys[rel]["line"])
+            disk.sl_rows[sl] = disk.sl_rows.get(sl, 0) + meta[rel].num_rows
+    return disk
 
 
 def check_disk(disk: Disk, summary: dict, res: Result) -> None:
-    c: dict = {}
-    res.files = len(disk.files)
+    res.files, res.rows = len(disk.files), disk.rows
     fc = summary.get("files_committed")
     if fc != len(disk.files):
-        res.problem("files", f"{len(disk.files)} *.parquet files on disk under telemetry/, summary files_committed={fc}", c)
+        res.problem("files", f"{len(disk.files)} *.parquet files on disk under telemetry/, summary files_committed={fc}")
+    bad_ids = set()
     for rel in disk.files:
-        if rel not in disk.path_keys:
-            res.problem("layout", f"path does not follow site=/line=/date=YYYY-MM-DD/hour=HH/part-<ingest-id>-<n>.parquet: {rel}", c)
-    for rel in disk.other:
-        if os.path.basename(rel).startswith((".", "_")):  # hidden: skipped by the readers' globs
-            res.warnings.append(f"unexpected hidden file in telemetry/: {rel}")
-        else:  # would also be picked up (and choke) pyarrow.dataset on the directory
-            res.problem("layout", f"unexpected file in telemetry/ (neither part-*.parquet nor .*.tmp): {rel}", c)
-    for rel, k in disk.path_keys.items():
+        k = disk.path_keys.get(rel)
+        if k is None:
+            res.problem("layout", "path does not follow site=<s>/line=<l>/date=YYYY-MM-DD/hour=HH/"
+                        f"part-<ingest-id>-<n:08>.parquet: {rel}")
+            continue
         try:
             dt.date.fromisoformat(k["date"])
             ok = 0 <= int(k["hour"]) <= 23
         except ValueError:
             ok = False
         if not ok:
-            res.problem("layout", f"bad date/hour in path: {rel}", c)
+            res.problem("layout", f"bad date/hour in path: {rel}")
         for col in ("site", "line"):
-            if not SAFE_ID.match(k[col]):
-                res.warnings.append(f"{col} value {k[col]!r} has characters outside [A-Za-z0-9._-]; "
-                                    "readers differ in how they (URI-)decode hive path values")
+            if not ID_RE.match(k[col]) and (col, k[col]) not in bad_ids:
+                bad_ids.add((col, k[col]))
+                res.problem("layout", f"{col} value {k[col]!r} is not 1-64 of [A-Za-z0-9_.-] without a leading '.' "
+                            f"(readers differ in how they decode other path values), e.g. {rel}")
+    for rel in disk.other:
+        if os.path.basename(rel).startswith((".", "_")):  # hidden: skipped by the readers
+            res.warnings.append(f"unexpected hidden file in telemetry/: {rel}")
+        else:  # would be picked up by (and choke) pyarrow on the directory
+            res.problem("layout", f"unexpected file in telemetry/ (neither part-*.parquet nor .*.tmp): {rel}")
     if disk.tmp:
         res.warnings.append(f"{len(disk.tmp)} in-flight .*.tmp file(s) present (ignored by the readers), "
                             f"e.g. {disk.tmp[0]}")
     if not disk.files:
-        res.problem("files", f"no *.parquet files under {disk.tele}", c)
+        res.problem("files", f"no *.parquet files under {disk.tele}")
 
 
 DEVICE_FIELDS = {"site": str, "line": str, "device": str, "boot_id": str, "first_seq": int, "last_seq": int,
@@ -212,137 +276,167 @@ def valid_device(d) -> bool:
     return isinstance(d, dict) and all(isinstance(d.get(k), t) for k, t in DEVICE_FIELDS.items())
 
 
+def summary_devices(summary: dict) -> dict:
+    """(site, line, device, boot_id) -> summary entry (valid entries only)."""
+    return {(d["site"], d["line"], d["device"], d["boot_id"]): d
+            for d in summary.get("devices") or [] if valid_device(d)}
+
+
 def check_summary(summary: dict, lake: Path, res: Result) -> None:
-    c: dict = {}
     for key in ("rows_committed", "files_committed", "devices"):
         if key not in summary:
-            res.problem("summary", f"summary has no '{key}'", c)
+            res.problem("summary", f"summary has no '{key}'")
     devs = summary.get("devices") or []
-    bad = [d for d in devs if not valid_device(d)]
-    for d in bad:
-        res.problem("summary", f"summary device entry lacks or mistypes one of {sorted(DEVICE_FIELDS)}: {d}", c)
-    devs = [d for d in devs if valid_device(d)]
-    seen = set()
     for d in devs:
-        k = (d.get("device"), d.get("boot_id"))
+        if not valid_device(d):
+            res.problem("summary", f"summary device entry lacks or mistypes one of {sorted(DEVICE_FIELDS)}: {d}")
+    seen = set()
+    for d in (d for d in devs if valid_device(d)):
+        k = (d["site"], d["line"], d["device"], d["boot_id"])
         if k in seen:
-            res.problem("summary", f"summary lists device {k[0]} boot {k[1]} twice", c)
+            res.problem("summary", f"summary lists {who(k)} twice")
         seen.add(k)
-        if d.get("batches") != d.get("last_seq", 0) - d.get("first_seq", 0) + 1:
-            res.problem("summary", f"summary device {k[0]}: batches={d.get('batches')} but "
-                        f"first_seq..=last_seq = {d.get('first_seq')}..={d.get('last_seq')}", c)
-    total = sum(int(d.get("samples", 0)) for d in devs)
+        if d["batches"] != d["last_seq"] - d["first_seq"] + 1:
+            res.problem("summary", f"summary {who(k)}: batches={d['batches']} but "
+                        f"first_seq..=last_seq = {d['first_seq']}..={d['last_seq']}")
+    total = sum(d["samples"] for d in devs if valid_device(d))
     if "rows_committed" in summary and total != summary["rows_committed"]:
-        res.problem("summary", f"sum of devices[].samples = {total} != rows_committed {summary['rows_committed']}", c)
+        res.problem("summary", f"sum of devices[].samples = {total} != rows_committed {summary['rows_committed']}")
     sp = summary.get("samples_published")
     if sp is not None and sp != summary.get("rows_committed"):
         res.problem("summary", f"samples_published {sp} != rows_committed {summary.get('rows_committed')} "
-                    "(published samples not all committed, or committed twice)", c)
+                    "(published samples not all committed, or committed twice)")
     if summary.get("lake") and os.path.realpath(summary["lake"]) != os.path.realpath(lake):
         res.warnings.append(f"summary lake {summary['lake']!r} is not --lake {str(lake)!r}")
 
 
 # ----------------------------------------------------------------------------- shared checks
-def evaluate(f: Facts, summary: dict, disk: Disk, res: Result) -> None:
-    c: dict = {}
-    res.rows, res.files = f.rows, f.files
-    exp = dict(EXPECTED)
-
-    # types, dataset level
-    got = {n: (raw, norm) for n, raw, norm in f.schema}
-    for name, want in EXPECTED:
-        if name not in got:
-            res.problem("type", f"column {name} missing", c)
-        elif got[name][1] != want:
-            res.problem("type", f"column {name}: {got[name][0]} (expected {want})", c)
-    for name in HIVE_COLS:
-        if name not in got:
-            res.problem("type", f"hive column {name} missing", c)
-    # types, file by file (order too); the same defect in many files is reported once
-    bad_files: dict = {}
+def evaluate_files(f: Facts, disk: Disk, res: Result) -> None:
+    """Each file on its own, hive off: exactly the file columns, in order; one line per defect."""
+    exp_file = dict(FILE_SCHEMA)
+    bad: dict = {}
     for rel, cols in sorted(f.file_schemas.items()):
         names = [n for n, _, _ in cols]
         if names != FILE_COLS:
-            bad_files.setdefault(f"columns {names} (expected {FILE_COLS})", []).append(rel)
-            continue
+            bad.setdefault(f"columns {names} (expected exactly {FILE_COLS})", []).append(rel)
         for n, raw, norm in cols:
-            if norm != exp.get(n):
-                bad_files.setdefault(f"column {n} is {raw} (expected {exp.get(n)})", []).append(rel)
-    for what, rels in bad_files.items():
-        res.problem("file-type", f"{what} in {len(rels)} of {len(f.file_schemas)} file(s), e.g. {rels[0]}", c)
+            if n in exp_file and norm != exp_file[n]:
+                bad.setdefault(f"column {n} is {raw} (expected {exp_file[n]})", []).append(rel)
+    for what, rels in list(bad.items()) + list(f.file_format.items()):
+        res.problem("file", f"{what} in {len(rels)} of {len(disk.files)} file(s), e.g. {rels[0]}")
+    if f.file_schemas and len(f.file_schemas) != len(disk.files):
+        res.problem("file", f"read the schema of {len(f.file_schemas)} file(s), {len(disk.files)} on disk")
+
+
+def evaluate(f: Facts, summary: dict, disk: Disk, res: Result) -> None:
+    res.rows, res.files = f.rows, f.files
+    exp_file = dict(FILE_SCHEMA)
+
+    # the dataset: file columns in order, then the hive columns (in any order: DuckDB sorts them)
+    got = {n: (raw, norm) for n, raw, norm in f.schema}
+    for name, want in FILE_SCHEMA + HIVE_SCHEMA:
+        if name not in got:
+            res.problem("type", f"column {name} missing")
+        elif got[name][1] != want:
+            res.problem("type", f"column {name}: {got[name][0]} (expected {want})")
+    if [n for n, _, _ in f.schema if n in exp_file] != FILE_COLS:
+        res.problem("type", f"dataset columns {[n for n, _, _ in f.schema]} (expected {FILE_COLS} + hive columns)")
+    extra = [n for n, _, _ in f.schema if n not in ALL_COLS]
+    if extra:
+        res.problem("type", f"unexpected dataset column(s) {extra}")
+
+    evaluate_files(f, disk, res)
 
     # counts
     rc = summary.get("rows_committed")
     if f.rows != rc:
-        res.problem("rows", f"{f.rows} rows, summary rows_committed={rc}", c)
+        res.problem("rows", f"{f.rows} rows, summary rows_committed={rc}")
     if f.files != len(disk.files):
-        res.problem("files", f"reader saw {f.files} files{f.files_note}, {len(disk.files)} on disk", c)
+        res.problem("files", f"reader saw {f.files} files{f.files_note}, {len(disk.files)} on disk")
 
-    # per (device, boot_id)
-    want = {(d["device"], d["boot_id"]): d for d in summary.get("devices") or [] if valid_device(d)}
-    for key, d in sorted(want.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    # per (site, line, device, boot_id)
+    want = summary_devices(summary)
+    for key, d in sorted(want.items()):
         g = f.groups.get(key)
-        who = f"device {key[0]} boot {str(key[1])[:8]}.."
         if g is None:
-            res.problem("device", f"{who}: in the summary, no rows in the lake", c)
+            res.problem("device", f"{who(key)}: in the summary, no rows in the lake")
             continue
-        if g["sl"] != {(d["site"], d["line"])}:
-            res.problem("device", f"{who}: site/line {sorted(g['sl'])}, summary says ({d['site']}, {d['line']})", c)
         if g["rows"] != d["samples"]:
-            res.problem("device", f"{who}: {g['rows']} rows, summary samples={d['samples']}", c)
+            res.problem("device", f"{who(key)}: {g['rows']} rows, summary samples={d['samples']}")
         lo, hi = d["first_seq"], d["last_seq"]
         if not (g["min"] == lo and g["max"] == hi and g["nseq"] == hi - lo + 1):
-            msg = [f"{who}: distinct seq != {lo}..={hi} ({g['nseq']} distinct, min {g['min']}, max {g['max']})"]
-            if hi - lo < 10_000_000:
-                have = set(s for s in f.seqs(*key) if s is not None)
+            msg = [f"{who(key)}: distinct seq != {lo}..={hi} ({g['nseq']} distinct, min {g['min']}, max {g['max']})"]
+            if hi - lo < 10_000_000 and f.seqs is not None:
+                have = set(s for s in f.seqs(key) if s is not None)
                 need = set(range(lo, hi + 1))
                 if need - have:
                     msg.append(f"missing seq {ranges(need - have)}")
                 if have - need:
                     msg.append(f"unexpected seq {ranges(have - need)}")
-            res.problem("seq", "; ".join(msg), c)
+            res.problem("seq", "; ".join(msg))
     for key in sorted(set(f.groups) - set(want), key=lambda k: tuple(map(str, k))):
-        g = f.groups[key]
-        res.problem("device", f"device {key[0]} boot {key[1]}: {g['rows']} rows in the lake, not in the summary", c)
+        res.problem("device", f"{who(key)}: {f.groups[key]['rows']} rows in the lake, not in the summary")
 
     # duplicates
     if f.dup_excess:
-        ex = "; ".join(f"({d}, {b[:8]}.., seq {s}, {se}, {fmt_us(t)}) x{n}" for d, b, s, se, t, n in f.dup_examples[:3])
-        res.problem("dup", f"{f.dup_excess} duplicate row(s) on (device, boot_id, seq, sensor, ts), e.g. {ex}", c)
+        ex = "; ".join(f"({s}/{ln}/{d}, {str(b)[:8]}.., seq {q}, {se}, {fmt_us(t)}) x{n}"
+                       for s, ln, d, b, q, se, t, n in f.dup_examples[:3])
+        res.problem("dup", f"{f.dup_excess} duplicate row(s) on ({', '.join(DUP_KEY)}), e.g. {ex}")
 
-    # hive vs in-file, per file
-    mism = 0
+    # per file: the hive values the reader exposes come from the path; samples in their hour
     for rel, ff in sorted(f.per_file.items()):
         pk = disk.path_keys.get(rel)
         if pk is None:
-            res.problem("hive", f"reader read a file that is not a committed part file: {rel}", c)
+            if rel in disk.files:
+                continue  # layout problem, reported by the filesystem check
+            res.problem("hive", f"reader read a file that is not a committed part file: {rel}")
             continue
-        path_sl = {(pk["site"], pk["line"])}
-        if ff.infile != path_sl or ff.hive != path_sl:
-            mism += 1
-            res.problem("hive", f"{rel}: path says site/line {sorted(path_sl)[0]}, file holds {sorted(ff.infile)}, "
-                        f"reader exposes {sorted(ff.hive)} with hive on", c)
-        if ff.hive_dh and ff.hive_dh != {(pk["date"], int(pk["hour"]))}:
-            res.problem("hive", f"{rel}: reader's hive date/hour {sorted(ff.hive_dh)} != path {pk['date']}/{pk['hour']}", c)
-        if ff.ts_min is not None and ff.ts_max is not None:
-            start = dt.datetime.fromisoformat(f"{pk['date']}T{pk['hour']}:00:00+00:00")
-            lo = int((start - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) / dt.timedelta(microseconds=1))
-            hi = lo + 3_600_000_000
-            if ff.ts_min < lo or ff.ts_max >= hi:
-                res.warnings.append(f"{rel}: ts {fmt_us(ff.ts_min)} .. {fmt_us(ff.ts_max)} outside its date/hour partition")
-    if mism:
-        res.notes.append(f"site/line differ between path and file in {mism} file(s); this reader exposes the "
-                         "value shown as 'reader exposes' (the in-file value is invisible with hive on)")
+        path = (pk["site"], pk["line"], pk["date"], int(pk["hour"]))
+        if ff.hive != {path}:
+            res.problem("hive", f"{rel}: reader exposes (site, line, date, hour) {sorted(ff.hive, key=str)}, "
+                        f"path says {path}")
+        start = dt.datetime.fromisoformat(f"{pk['date']}T{pk['hour']}:00:00+00:00")
+        lo = (start - EPOCH) // dt.timedelta(microseconds=1)
+        if ff.ts_min is not None and (ff.ts_min < lo or ff.ts_max >= lo + HOUR_US):
+            res.problem("hive", f"{rel}: ts {fmt_us(ff.ts_min)} .. {fmt_us(ff.ts_max)} outside its "
+                        f"date/hour partition {pk['date']}/{pk['hour']}")
 
     # values
     for col, n in sorted(f.nulls.items()):
         if n:
-            res.problem("value", f"{n} null(s) in {col}", c)
+            res.problem("value", f"{n} null(s) in {col}")
     if f.bad_quality:
-        res.problem("value", f"{f.bad_quality} row(s) with quality outside {{0,1,2}}", c)
-    if f.bad_boot_id:
-        res.problem("value", f"{f.bad_boot_id} row(s) whose boot_id is not 32 hex chars", c)
+        res.problem("value", f"{f.bad_quality} row(s) with quality outside {{0,1,2}}")
+    # boot_id format, on the distinct device boots (every boot_id is in a group key)
+    bad = [k for k in f.groups if not (isinstance(k[3], str) and BOOT_RE.match(k[3]))]
+    if bad:
+        res.problem("value", f"{sum(f.groups[k]['rows'] for k in bad)} row(s) whose boot_id is not 32 hex chars, "
+                    f"e.g. {bad[0][3]!r} of {who(bad[0])}")
     res.notes.extend(f.extra)
+
+
+def evaluate_default(rows: int, types: dict, sl_rows: dict, summary: dict, disk: Disk, res: Result) -> None:
+    """A plain, default-options read: must see every row; type/value differences are warnings."""
+    res.rows = rows
+    rc = summary.get("rows_committed")
+    if rows != rc:
+        res.problem("rows", f"{rows} rows, summary rows_committed={rc}")
+    res.notes.append("default hive column types: " + ", ".join(f"{n} {types.get(n)}" for n in HIVE_COLS))
+    for col in ("site", "line"):
+        t = types.get(col)
+        if t is None:
+            res.problem("type", f"no {col} column")
+        elif t.startswith("dictionary<values=string"):
+            res.warnings.append(f"{col} is typed {t} by default (string values; pandas makes it a category)")
+        elif t not in ("string", "String", "VARCHAR"):
+            res.warnings.append(f"{col} is typed {t}, not a string, by default")
+    got = {(str(s), str(ln)): n for (s, ln), n in sl_rows.items()}
+    if got != disk.sl_rows and rows == disk.rows:
+        msg = (f"(site, line) values differ from the paths': read as {short(map(repr, sorted(sl_rows, key=str)))}; "
+               f"the paths have {short(map(repr, sorted(disk.sl_rows)))}")
+        if len(got) < len(disk.sl_rows):
+            msg += f"; {len(disk.sl_rows)} distinct (site, line) pairs collapse into {len(got)}"
+        res.warnings.append(msg)
 
 
 # ----------------------------------------------------------------------------- pyarrow
@@ -351,102 +445,145 @@ def norm_arrow(t) -> str:
     if pa.types.is_timestamp(t):
         tz = "UTC" if t.tz in UTC_NAMES else (t.tz or "naive")
         return f"timestamp[{t.unit},{tz}]"
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "string"
     if pa.types.is_dictionary(t):
         return f"dictionary<{norm_arrow(t.value_type)}>"
+    if pa.types.is_date32(t):
+        return "date32"
     return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(str(t), str(t))
 
 
-def read_pyarrow(tele: Path, disk: Disk) -> tuple[str, Facts]:
+def pa_explicit_partitioning():
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    return ds.partitioning(pa.schema([("site", pa.string()), ("line", pa.string()),
+                                      ("date", pa.date32()), ("hour", pa.int32())]), flavor="hive")
+
+
+def file_format_pyarrow(md, rel: str, out: dict) -> None:
+    """Footer checks: no ARROW:schema; string columns dictionary-encoded in every row group."""
+    if b"ARROW:schema" in (md.metadata or {}):
+        out.setdefault("an embedded ARROW:schema (the contract says none)", []).append(rel)
+    names = [md.schema.column(j).path for j in range(md.num_columns)]
+    for col in DICT_COLS:
+        if col not in names:
+            continue
+        j = names.index(col)
+        for i in range(md.num_row_groups):
+            enc = md.row_group(i).column(j).encodings
+            if not any("DICTIONARY" in e for e in enc):
+                out.setdefault(f"column {col} not dictionary-encoded (encodings {list(enc)})", []).append(rel)
+                break
+
+
+def read_pyarrow(tele: Path, disk: Disk, f: Facts) -> str:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    f = Facts()
-    # Explicit hive schema: with partitioning="hive" pyarrow infers partition types from the path
-    # values (site=1 -> int32), which then cannot merge with the in-file string column.
-    part = ds.partitioning(pa.schema([("site", pa.string()), ("line", pa.string()),
-                                      ("date", pa.date32()), ("hour", pa.int32())]), flavor="hive")
-    # default ignore_prefixes=['.', '_'] skips the in-flight '.part-*.tmp' files
-    dset = ds.dataset(str(tele), format="parquet", partitioning=part)
+    rel = rel_to(tele)
+    # Explicit hive schema: partitioning="hive" infers types from the path values (line=01 -> int32 1).
+    # The default ignore_prefixes=['.', '_'] skips the in-flight '.part-*.tmp' files.
+    dset = ds.dataset(str(tele), format="parquet", partitioning=pa_explicit_partitioning())
     f.schema = [(fl.name, str(fl.type), norm_arrow(fl.type)) for fl in dset.schema]
     f.files = len(dset.files)
+    for p in dset.files:  # each file on its own: its footer, no partitioning
+        r = rel(p)
+        md = disk.meta.get(r) or pq.read_metadata(p)
+        f.file_schemas[r] = [(fl.name, str(fl.type), norm_arrow(fl.type)) for fl in md.schema.to_arrow_schema()]
+        file_format_pyarrow(md, r, f.file_format)
 
-    def rel(p: str) -> str:
-        return os.path.relpath(p, tele).replace(os.sep, "/")
-
-    for p in dset.files:
-        sch = pq.read_schema(p)
-        f.file_schemas[rel(p)] = [(fl.name, str(fl.type), norm_arrow(fl.type)) for fl in sch]
-        md = pq.read_metadata(p).metadata or {}
-        if b"ARROW:schema" in md:
-            f.extra.append(f"{rel(p)} embeds an ARROW:schema (the contract says it should not)")
-    cols = [c for c in FILE_COLS + ["date", "hour"] if c in dset.schema.names]
-    t = dset.to_table(columns=cols + ["__filename"])
+    # One scan. Its batches never span files, and the scanner fills the hive columns of a batch
+    # from its file's path, so per-file facts come from each batch's first row; the global
+    # aggregations run on the concatenated batches (without the per-row __filename strings).
+    cols = [c for c in ALL_COLS if c in dset.schema.names]
+    hive = [c for c in HIVE_COLS if c in cols]
+    batches = []
+    for b in dset.to_batches(columns=cols + ["__filename"]):
+        n = b.num_rows
+        if n == 0:
+            continue
+        fn = b.column("__filename")
+        if fn[0] != fn[n - 1]:
+            raise RuntimeError(f"a scanner batch spans files {fn[0]} and {fn[n - 1]}")
+        mm = pc.min_max(b.column("ts")) if "ts" in cols else None
+        v = {c: b.column(c)[0].as_py() for c in hive}
+        f.per_file.setdefault(rel(fn[0].as_py()), FileFacts()).add(
+            n, v.get("site"), v.get("line"), str(v.get("date")), v.get("hour"),
+            *((mm["min"].cast(pa.int64()).as_py(), mm["max"].cast(pa.int64()).as_py())
+              if mm is not None and mm["min"].is_valid else (None, None)))
+        batches.append(b.drop_columns(["__filename"]))
+    t = pa.Table.from_batches(batches, schema=batches[0].schema) if batches else \
+        dset.schema.empty_table().select(cols)
+    del batches
     f.rows = t.num_rows
-    t = t.append_column("ts_us", pc.cast(t["ts"], pa.int64()))
 
-    g = t.group_by(["device", "boot_id"]).aggregate(
-        [([], "count_all"), ("seq", "count_distinct"), ("seq", "min"), ("seq", "max")])
-    sl = t.group_by(["device", "boot_id", "site", "line"]).aggregate([([], "count_all")])
+    g = t.group_by(DEVICE_KEY).aggregate([([], "count_all"), ("seq", "count_distinct"), ("seq", "min"), ("seq", "max")])
     for r in g.to_pylist():
-        f.groups[(r["device"], r["boot_id"])] = dict(rows=r["count_all"], nseq=r["seq_count_distinct"],
-                                                     min=r["seq_min"], max=r["seq_max"], sl=set())
-    for r in sl.to_pylist():
-        f.groups[(r["device"], r["boot_id"])]["sl"].add((r["site"], r["line"]))
+        f.groups[tuple(r[k] for k in DEVICE_KEY)] = dict(rows=r["count_all"], nseq=r["seq_count_distinct"],
+                                                         min=r["seq_min"], max=r["seq_max"])
 
-    def seqs(device, boot):
-        m = pc.and_(pc.equal(t["device"], device), pc.equal(t["boot_id"], boot))
-        return sorted(pc.unique(t.filter(m)["seq"]).to_pylist())
+    def seqs(key):
+        m = pc.and_(pc.and_(pc.equal(t["site"], key[0]), pc.equal(t["line"], key[1])),
+                    pc.and_(pc.equal(t["device"], key[2]), pc.equal(t["boot_id"], key[3])))
+        return pc.unique(t.filter(m)["seq"]).to_pylist()
     f.seqs = seqs
 
-    d = t.group_by(["device", "boot_id", "seq", "sensor", "ts_us"]).aggregate([([], "count_all")])
-    d = d.filter(pc.greater(d["count_all"], 1))
-    f.dup_excess = int(pc.sum(pc.subtract(d["count_all"], 1)).as_py() or 0)
-    f.dup_examples = [(r["device"], r["boot_id"], r["seq"], r["sensor"], r["ts_us"], r["count_all"])
-                      for r in d.slice(0, 3).to_pylist()]
+    # Duplicates: the string keys (site, line, device, boot_id) and sensor are first replaced by
+    # dictionary indices (dictionary_encode shares one dictionary across chunks); a hash group-by
+    # on four integer columns is ~3x faster than on the seven original ones.
+    if t.num_rows:
+        dk = pc.dictionary_encode(pc.binary_join_element_wise(
+            *(pc.cast(t[c], pa.string()) for c in DEVICE_KEY), "\x1f")).combine_chunks()
+        sk = pc.dictionary_encode(t["sensor"]).combine_chunks()
+        k = pa.table({"dk": dk.indices, "seq": t["seq"], "sk": sk.indices, "ts": pc.cast(t["ts"], pa.int64())})
+        d = k.group_by(["dk", "seq", "sk", "ts"]).aggregate([([], "count_all")])
+        if d.num_rows != t.num_rows:
+            d = d.filter(pc.greater(d["count_all"], 1))
+            f.dup_excess = int(pc.sum(pc.subtract(d["count_all"], 1)).as_py() or 0)
+            d = d.sort_by([("dk", "ascending"), ("seq", "ascending"), ("sk", "ascending"), ("ts", "ascending")])
+            for r in d.slice(0, 3).to_pylist():
+                key = dk.dictionary[r["dk"]].as_py().split("\x1f")
+                f.dup_examples.append((*key, r["seq"], sk.dictionary[r["sk"]].as_py(), r["ts"], r["count_all"]))
+        del dk, sk, k, d
 
-    pf = t.group_by(["__filename", "site", "line", "date", "hour"]).aggregate(
-        [([], "count_all"), ("ts_us", "min"), ("ts_us", "max")])
-    for r in pf.to_pylist():
-        ff = f.per_file.setdefault(rel(r["__filename"]), FileFacts())
-        ff.rows += r["count_all"]
-        ff.hive.add((r["site"], r["line"]))
-        ff.hive_dh.add((str(r["date"]), r["hour"]))
-        ff.ts_min = r["ts_us_min"] if ff.ts_min is None else min(ff.ts_min, r["ts_us_min"])
-        ff.ts_max = r["ts_us_max"] if ff.ts_max is None else max(ff.ts_max, r["ts_us_max"])
-    for p in dset.files:  # in-file values, read straight from each file (no partitioning)
-        it = pq.read_table(p, columns=["site", "line"]).group_by(["site", "line"]).aggregate([])
-        f.per_file.setdefault(rel(p), FileFacts()).infile = {(r["site"], r["line"]) for r in it.to_pylist()}
-
-    f.nulls = {c: t[c].null_count for c in NOT_NULL if c in t.column_names}
+    f.nulls = {c: t[c].null_count for c in cols}
     f.bad_quality = int(pc.sum(pc.invert(pc.is_in(t["quality"], pa.array([0, 1, 2], t["quality"].type)))).as_py() or 0)
-    f.bad_boot_id = int(pc.sum(pc.invert(pc.match_substring_regex(t["boot_id"], "^[0-9a-fA-F]{32}$"))).as_py() or 0)
-    return pa.__version__, f
+    return pa.__version__
 
 
-def probe_pyarrow(tele: Path) -> list[str]:
+def pa_sl_counts(t) -> dict:
+    import pyarrow.compute as pc
+    out = {}
+    if t.num_rows == 0:
+        return out
+    # dictionary columns (pq.read_table's partition columns) are decoded to group on their values
+    cols = {c: (pc.cast(t[c], t[c].type.value_type) if hasattr(t[c].type, "value_type") else t[c])
+            for c in ("site", "line")}
+    import pyarrow as pa
+    g = pa.table(cols).group_by(["site", "line"]).aggregate([([], "count_all")])
+    for r in g.to_pylist():
+        out[(r["site"], r["line"])] = r["count_all"]
+    return out
+
+
+def default_pq_read_table(tele: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    t = pq.read_table(str(tele))  # what pandas.read_parquet(<dir>) uses as well
+    types = {n: str(t.schema.field(n).type) for n in HIVE_COLS if n in t.schema.names}
+    return pa.__version__, t.num_rows, types, pa_sl_counts(t)
+
+
+def default_ds_dataset(tele: Path):
     import pyarrow as pa
     import pyarrow.dataset as ds
-    out = []
-    try:
-        s = ds.dataset(str(tele), format="parquet", partitioning="hive").schema
-        kinds = {n: str(s.field(n).type) for n in HIVE_COLS if n in s.names}
-        bad = {n: k for n, k in kinds.items() if n in ("site", "line") and k != "string"}
-        if bad:
-            out.append(f"with partitioning='hive' (defaults) site/line become {bad}")
-    except Exception as e:  # noqa: BLE001
-        out.append(f"ds.dataset(..., partitioning='hive') with default inference fails: {type(e).__name__}: {e}")
-    try:
-        import pyarrow.parquet as pq
-        pq.ParquetDataset(str(tele))  # what pq.read_table(dir) and pandas.read_parquet(dir) use
-    except Exception as e:  # noqa: BLE001
-        out.append(f"pq.read_table(<telemetry dir>) (and pandas.read_parquet on it) fails: {type(e).__name__}: {e} "
-                   "-- its default hive discovery infers dictionary partition columns, which cannot merge with "
-                   "the in-file site/line strings; pass partitioning=<explicit hive schema> or use pyarrow.dataset")
-    return out
+    d = ds.dataset(str(tele), partitioning="hive")
+    types = {n: str(d.schema.field(n).type) for n in HIVE_COLS if n in d.schema.names}
+    t = d.to_table(columns=[c for c in ("site", "line") if c in d.schema.names])
+    return pa.__version__, t.num_rows, types, pa_sl_counts(t)
 
 
 # ----------------------------------------------------------------------------- duckdb
@@ -455,6 +592,7 @@ DUCK_NORM = {"TIMESTAMP WITH TIME ZONE": "timestamp[us,UTC]", "TIMESTAMP": "time
              "TIMESTAMP_S": "timestamp[s,naive]", "TIMESTAMPTZ_NS": "timestamp[ns,UTC]",
              "VARCHAR": "string", "DOUBLE": "float64", "FLOAT": "float32", "SMALLINT": "int16",
              "INTEGER": "int32", "BIGINT": "int64", "TINYINT": "int8", "DATE": "date32"}
+DUCK_HIVE_TYPES = "{'site': 'VARCHAR', 'line': 'VARCHAR', 'date': 'DATE', 'hour': 'INTEGER'}"
 
 
 def norm_parquet(ptype, converted, logical) -> str:
@@ -477,84 +615,93 @@ def norm_parquet(ptype, converted, logical) -> str:
     return f"{ptype}/{converted}/{logical}"
 
 
-def read_duckdb(tele: Path, disk: Disk) -> tuple[str, Facts]:
+def duck_connect():
     import duckdb
-
-    f = Facts()
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def read_duckdb(tele: Path, disk: Disk, f: Facts) -> str:
+    import duckdb
+
+    rel = rel_to(tele)
+    con = duck_connect()
     glob = sq(str(tele) + "/**/*.parquet")
     # hive_types pins the partition column types; by default DuckDB autocasts path values
-    # (site=1 -> BIGINT, hour=07 stays VARCHAR), overriding the in-file VARCHAR type.
-    src = (f"read_parquet({glob}, hive_partitioning = true, filename = true, "
-           "hive_types = {'site': 'VARCHAR', 'line': 'VARCHAR', 'date': 'DATE', 'hour': 'INTEGER'})")
-    con.execute(f"CREATE TEMP TABLE t AS SELECT * FROM {src}")
-    f.schema = [(n, ty, DUCK_NORM.get(ty, ty)) for n, ty, *_ in con.execute("DESCRIBE t").fetchall()]
+    # (site=1 -> BIGINT; line=01 stays VARCHAR only because of the leading zero).
+    src = f"read_parquet({glob}, hive_partitioning = true, filename = true, hive_types = {DUCK_HIVE_TYPES})"
+    con.execute(f"CREATE TEMP VIEW t AS SELECT * FROM {src}")
+    f.schema = [(n, ty, DUCK_NORM.get(ty, ty)) for n, ty, *_ in con.execute("DESCRIBE t").fetchall()
+                if n != "filename"]
     f.extra.append("TIMESTAMP WITH TIME ZONE is always microseconds in DuckDB, so the ts unit "
                    "is checked per file via parquet_schema()")
+    order = [n for n, _, _ in f.schema if n in HIVE_COLS]
+    if order != HIVE_COLS:
+        f.extra.append(f"SELECT * puts the hive columns in the order {order}, not the path's {HIVE_COLS}")
     f.files = con.execute(f"SELECT count(*) FROM glob({glob})").fetchone()[0]
 
-    def rel(p: str) -> str:
-        return os.path.relpath(p, tele).replace(os.sep, "/")
-
+    # each file on its own: schema, key/value metadata, encodings
     for fn, name, ptype, conv, logical in con.execute(
             f"SELECT file_name, name, type, converted_type, logical_type FROM parquet_schema({glob})").fetchall():
         if ptype is None:  # the root group
             continue
         f.file_schemas.setdefault(rel(fn), []).append((name, f"{ptype}/{conv}/{logical}", norm_parquet(ptype, conv, logical)))
+    for (fn,) in con.execute(f"SELECT DISTINCT file_name FROM parquet_kv_metadata({glob}) "
+                             "WHERE decode(key) = 'ARROW:schema' ORDER BY 1").fetchall():
+        f.file_format.setdefault("an embedded ARROW:schema (the contract says none)", []).append(rel(fn))
+    cols_in = ", ".join(sq(c) for c in DICT_COLS)
+    for fn, col, enc in con.execute(
+            f"SELECT file_name, path_in_schema, any_value(encodings) FROM parquet_metadata({glob}) "
+            f"WHERE path_in_schema IN ({cols_in}) GROUP BY ALL "
+            "HAVING bool_or(NOT contains(encodings, 'DICTIONARY')) ORDER BY ALL").fetchall():
+        f.file_format.setdefault(f"column {col} not dictionary-encoded (encodings {enc})", []).append(rel(fn))
+
     cols = set(n for n, _, _ in f.schema)
-    f.rows = con.execute("SELECT count(*) FROM t").fetchone()[0]
-    for dev, boot, rows, nseq, lo, hi in con.execute(
-            "SELECT device, boot_id, count(*), count(DISTINCT seq), min(seq), max(seq) FROM t GROUP BY ALL").fetchall():
-        f.groups[(dev, boot)] = dict(rows=rows, nseq=nseq, min=lo, max=hi, sl=set())
-    for dev, boot, site, line in con.execute("SELECT DISTINCT device, boot_id, site, line FROM t").fetchall():
-        f.groups[(dev, boot)]["sl"].add((site, line))
-    f.seqs = lambda d, b: [r[0] for r in con.execute(
-        "SELECT DISTINCT seq FROM t WHERE device = ? AND boot_id = ? ORDER BY 1", [d, b]).fetchall()]
+    have = [c for c in ALL_COLS if c in cols]
     ts_us = "epoch_us(ts)"
-    dups = con.execute(f"SELECT device, boot_id, seq, sensor, {ts_us}, count(*) AS n FROM t "
-                       "GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL").fetchall()
-    f.dup_excess = sum(r[5] - 1 for r in dups)
-    f.dup_examples = dups[:3]
-    hive_dh = "strftime(date, '%Y-%m-%d'), hour" if {"date", "hour"} <= cols else "NULL, NULL"
+    # per device boot, with the null/value counts folded into the same pass
+    nulls = ", ".join(f"count(*) - count({c})" for c in have)
+    res = con.execute(
+        f"SELECT site, line, device, boot_id, count(*), count(DISTINCT seq), min(seq), max(seq), "
+        f"count(*) FILTER (WHERE quality NOT IN (0, 1, 2)), "
+        f"{nulls} "
+        "FROM t GROUP BY site, line, device, boot_id").fetchall()
+    f.nulls = dict.fromkeys(have, 0)
+    for site, line, dev, boot, rows, nseq, lo, hi, bq, *nn in res:
+        f.groups[(site, line, dev, boot)] = dict(rows=rows, nseq=nseq, min=lo, max=hi)
+        f.rows += rows
+        f.bad_quality += bq
+        for c, n in zip(have, nn):
+            f.nulls[c] += n
+    f.seqs = lambda k: [r[0] for r in con.execute(
+        "SELECT DISTINCT seq FROM t WHERE site = ? AND line = ? AND device = ? AND boot_id = ?", list(k)).fetchall()]
+
+    keys = ", ".join(DUP_KEY)
+    excess, ngroups = con.execute(f"SELECT coalesce(sum(n - 1), 0), count(*) FROM "
+                                  f"(SELECT count(*) AS n FROM t GROUP BY {keys} HAVING count(*) > 1)").fetchone()
+    f.dup_excess = int(excess)
+    if ngroups:
+        f.dup_examples = con.execute(f"SELECT {keys.replace('ts', ts_us)}, count(*) FROM t GROUP BY ALL "
+                                     "HAVING count(*) > 1 ORDER BY ALL LIMIT 3").fetchall()
+
+    hive = ", ".join(c if c in cols else "NULL" for c in ("site", "line"))
+    dh = "strftime(date, '%Y-%m-%d'), hour" if {"date", "hour"} <= cols else "NULL, NULL"
     for fn, site, line, d, h, n, lo, hi in con.execute(
-            f"SELECT filename, site, line, {hive_dh}, count(*), min({ts_us}), max({ts_us}) FROM t GROUP BY ALL").fetchall():
-        ff = f.per_file.setdefault(rel(fn), FileFacts())
-        ff.rows += n
-        ff.hive.add((site, line))
-        if d is not None:
-            ff.hive_dh.add((d, h))
-        ff.ts_min = lo if ff.ts_min is None else min(ff.ts_min, lo)
-        ff.ts_max = hi if ff.ts_max is None else max(ff.ts_max, hi)
-    # in-file values: the same files with hive partitioning off
-    for fn, site, line in con.execute(
-            f"SELECT DISTINCT filename, site, line FROM read_parquet({glob}, hive_partitioning = false, filename = true)").fetchall():
-        f.per_file.setdefault(rel(fn), FileFacts()).infile.add((site, line))
-    f.nulls = dict(zip(NOT_NULL, con.execute(
-        "SELECT " + ", ".join(f"count(*) - count({c})" for c in NOT_NULL) + " FROM t").fetchone()))
-    f.bad_quality, f.bad_boot_id = con.execute(
-        "SELECT count(*) FILTER (WHERE quality NOT IN (0, 1, 2)), "
-        "count(*) FILTER (WHERE NOT regexp_full_match(boot_id, '[0-9a-fA-F]{32}')) FROM t").fetchone()
+            f"SELECT filename, {hive}, {dh}, count(*), min({ts_us}), max({ts_us}) FROM t GROUP BY ALL").fetchall():
+        f.per_file.setdefault(rel(fn), FileFacts()).add(n, site, line, d, h, lo, hi)
     # the connection stays open: f.seqs queries it when a seq range mismatches
-    return duckdb.__version__, f
+    return duckdb.__version__
 
 
-def probe_duckdb(tele: Path) -> list[str]:
+def default_duckdb(tele: Path):
     import duckdb
-    out = []
-    con = duckdb.connect(":memory:")
-    glob = sq(str(tele) + "/**/*.parquet")
-    try:
-        types = {n: ty for n, ty, *_ in con.execute(
-            f"DESCRIBE SELECT * FROM read_parquet({glob}, hive_partitioning = true)").fetchall()}
-        got = {n: types.get(n) for n in HIVE_COLS}
-        if got.get("site") != "VARCHAR" or got.get("line") != "VARCHAR":
-            out.append(f"read_parquet(..., hive_partitioning = true) with defaults types the hive columns as {got} "
-                       "(hive_types_autocast); pin them with hive_types = {...} or hive_types_autocast = false")
-    except Exception as e:  # noqa: BLE001
-        out.append(f"read_parquet(..., hive_partitioning = true) with defaults fails: {type(e).__name__}: {e}")
+    con = duck_connect()
+    src = f"read_parquet({sq(str(tele) + '/**/*.parquet')}, hive_partitioning = true)"
+    types = {n: ty for n, ty, *_ in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall() if n in HIVE_COLS}
+    sl = {(s, ln): n for s, ln, n in con.execute(f"SELECT site, line, count(*) FROM {src} GROUP BY ALL").fetchall()}
     con.close()
-    return out
+    return duckdb.__version__, sum(sl.values()), types, sl
 
 
 # ----------------------------------------------------------------------------- polars
@@ -567,109 +714,124 @@ def norm_polars(t) -> str:
             pl.Int32: "int32", pl.Int64: "int64", pl.Int8: "int8", pl.Date: "date32"}.get(t, str(t))
 
 
-def read_polars(tele: Path, disk: Disk) -> tuple[str, Facts]:
+def read_polars(tele: Path, disk: Disk, f: Facts) -> str:
     import polars as pl
 
-    f = Facts()
+    rel = rel_to(tele)
     glob = str(tele) + "/**/*.parquet"
+    # hive_schema must name every hive key (else SchemaFieldNotFoundError)
     hive_schema = {"site": pl.String, "line": pl.String, "date": pl.Date, "hour": pl.Int32}
     lf = pl.scan_parquet(glob, hive_partitioning=True, hive_schema=hive_schema, include_file_paths="__file")
-    df = lf.collect()
-    f.schema = [(n, str(t), norm_polars(t)) for n, t in df.schema.items() if n != "__file"]
-    f.rows = df.height
+    f.schema = [(n, str(t), norm_polars(t)) for n, t in lf.collect_schema().items() if n != "__file"]
+    for p in disk.files:  # each file on its own
+        f.file_schemas[p] = [(n, str(t), norm_polars(t)) for n, t in pl.read_parquet_schema(str(tele / p)).items()]
+        if "ARROW:schema" in pl.read_parquet_metadata(str(tele / p)):
+            f.file_format.setdefault("an embedded ARROW:schema (the contract says none)", []).append(p)
 
-    def rel(p: str) -> str:
-        return os.path.relpath(p, tele).replace(os.sep, "/")
+    cols = set(n for n, _, _ in f.schema)
+    have = [c for c in ALL_COLS if c in cols]
+    c = pl.col
+    q_groups = lf.group_by(DEVICE_KEY).agg(
+        pl.len().alias("rows"), c("seq").n_unique().alias("nseq"), c("seq").min().alias("lo"),
+        c("seq").max().alias("hi"),
+        (~c("quality").is_in([0, 1, 2])).sum().alias("bad_q"),
+        *[c(x).null_count().alias(f"null_{x}") for x in have])
+    q_dups = (lf.group_by(DUP_KEY).agg(pl.len().alias("n")).filter(c("n") > 1)
+              .with_columns(c("ts").dt.epoch("us")))
+    q_files = lf.group_by("__file", *[x if x in cols else pl.lit(None).alias(x) for x in HIVE_COLS]).agg(
+        pl.len().alias("n"), c("ts").dt.epoch("us").min().alias("lo"), c("ts").dt.epoch("us").max().alias("hi"))
+    groups, dups, files = pl.collect_all([q_groups, q_dups, q_files], engine="streaming")
 
-    for p in disk.files:
-        sch = pl.read_parquet_schema(str(tele / p))
-        f.file_schemas[p] = [(n, str(t), norm_polars(t)) for n, t in sch.items()]
-    files = df.get_column("__file").unique().to_list()
-    f.files = len(files)
-    f.files_note = " (polars only reports files that have rows)"
-    df = df.with_columns(pl.col("ts").dt.epoch("us").alias("ts_us"))
-
-    g = df.group_by("device", "boot_id").agg(pl.len().alias("rows"), pl.col("seq").n_unique().alias("nseq"),
-                                             pl.col("seq").min().alias("lo"), pl.col("seq").max().alias("hi"))
-    for r in g.iter_rows(named=True):
-        f.groups[(r["device"], r["boot_id"])] = dict(rows=r["rows"], nseq=r["nseq"], min=r["lo"], max=r["hi"], sl=set())
-    for dev, boot, site, line in df.select("device", "boot_id", "site", "line").unique().iter_rows():
-        f.groups[(dev, boot)]["sl"].add((site, line))
-    f.seqs = lambda d, b: sorted(df.filter((pl.col("device") == d) & (pl.col("boot_id") == b))
-                                 .get_column("seq").unique().to_list())
-    dups = (df.group_by("device", "boot_id", "seq", "sensor", "ts_us").agg(pl.len().alias("n"))
-            .filter(pl.col("n") > 1).sort("device", "boot_id", "seq", "sensor", "ts_us"))
+    f.nulls = dict.fromkeys(have, 0)
+    for r in groups.iter_rows(named=True):
+        f.groups[tuple(r[k] for k in DEVICE_KEY)] = dict(rows=r["rows"], nseq=r["nseq"], min=r["lo"], max=r["hi"])
+        f.rows += r["rows"]
+        f.bad_quality += r["bad_q"] or 0
+        for x in have:
+            f.nulls[x] += r[f"null_{x}"]
+    f.seqs = lambda k: (lf.filter((c("site") == k[0]) & (c("line") == k[1]) & (c("device") == k[2])
+                                  & (c("boot_id") == k[3])).select(c("seq").unique()).collect().get_column("seq").to_list())
     f.dup_excess = int((dups.get_column("n") - 1).sum() or 0)
-    f.dup_examples = list(dups.head(3).iter_rows())
-    pf = df.group_by("__file", "site", "line", "date", "hour").agg(
-        pl.len().alias("n"), pl.col("ts_us").min().alias("lo"), pl.col("ts_us").max().alias("hi"))
-    for r in pf.iter_rows(named=True):
-        ff = f.per_file.setdefault(rel(r["__file"]), FileFacts())
-        ff.rows += r["n"]
-        ff.hive.add((r["site"], r["line"]))
-        ff.hive_dh.add((r["date"].isoformat() if r["date"] is not None else None, r["hour"]))
-        ff.ts_min = r["lo"] if ff.ts_min is None else min(ff.ts_min, r["lo"])
-        ff.ts_max = r["hi"] if ff.ts_max is None else max(ff.ts_max, r["hi"])
-    infile = (pl.scan_parquet(glob, hive_partitioning=False, include_file_paths="__file")
-              .select("__file", "site", "line").unique().collect())
-    for fn, site, line in infile.iter_rows():
-        f.per_file.setdefault(rel(fn), FileFacts()).infile.add((site, line))
-    f.nulls = {c: df.get_column(c).null_count() for c in NOT_NULL}
-    f.bad_quality = df.filter(~pl.col("quality").is_in([0, 1, 2])).height
-    f.bad_boot_id = df.filter(~pl.col("boot_id").str.contains(r"^[0-9a-fA-F]{32}$")).height
-    return pl.__version__, f
+    f.dup_examples = list(dups.sort(DUP_KEY).select(*DUP_KEY, "n").head(3).iter_rows())
+    for r in files.iter_rows(named=True):
+        d = r["date"]
+        f.per_file.setdefault(rel(r["__file"]), FileFacts()).add(
+            r["n"], r["site"], r["line"], d.isoformat() if d is not None else None, r["hour"], r["lo"], r["hi"])
+    f.files = files.get_column("__file").n_unique()
+    f.files_note = " (polars only reports files that have rows)"
+    return pl.__version__
 
 
-def probe_polars(tele: Path) -> list[str]:
+def default_polars(tele: Path):
     import polars as pl
-    out = []
-    try:
-        s = pl.scan_parquet(str(tele) + "/**/*.parquet", hive_partitioning=True).collect_schema()
-        got = {n: str(s.get(n)) for n in HIVE_COLS}
-        if got["site"] != "String" or got["line"] != "String":
-            out.append(f"scan_parquet(..., hive_partitioning=True) with defaults types hive columns as {got}")
-    except Exception as e:  # noqa: BLE001
-        out.append(f"scan_parquet(..., hive_partitioning=True) with defaults fails: {type(e).__name__}: {e}")
-    return out
+    lf = pl.scan_parquet(str(tele) + "/**/*.parquet", hive_partitioning=True)
+    s = lf.collect_schema()
+    types = {n: str(s[n]) for n in HIVE_COLS if n in s}
+    g = lf.group_by("site", "line").agg(pl.len().alias("n")).collect(engine="streaming")
+    sl = {(r[0], r[1]): r[2] for r in g.iter_rows()}
+    return pl.__version__, sum(sl.values()), types, sl
 
 
 # ----------------------------------------------------------------------------- main
-READ = {"pyarrow": (read_pyarrow, probe_pyarrow), "duckdb": (read_duckdb, probe_duckdb),
-        "polars": (read_polars, probe_polars)}
+READ = {"pyarrow": read_pyarrow, "duckdb": read_duckdb, "polars": read_polars}
 LABEL = {"pyarrow": "pyarrow.dataset", "duckdb": "duckdb", "polars": "polars"}
+DEFAULTS = {"pyarrow": [("pq.read_table", default_pq_read_table), ("ds.dataset/hive", default_ds_dataset)],
+            "duckdb": [("duckdb/defaults", default_duckdb)],
+            "polars": [("polars/defaults", default_polars)]}
 
 
-def run(lake: Path, summary: dict, readers=READERS) -> list[Result]:
+def release_memory() -> None:
+    """Hand pyarrow's freed memory back to the OS, so readers run one after another don't add up."""
+    if "pyarrow" in sys.modules:
+        import pyarrow as pa
+        pa.default_memory_pool().release_unused()
+
+
+def reader_error(res: Result, e: Exception, module: str) -> None:
+    try:
+        res.version = __import__(module).__version__
+    except Exception:  # noqa: BLE001
+        pass
+    last = traceback.extract_tb(e.__traceback__)[-1]
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    res.problem("error", f"reader error: {type(e).__name__}: {text} (at {os.path.basename(last.filename)}:{last.lineno})")
+
+
+def run(lake: Path, summary: dict, readers=READERS, defaults: bool = True) -> list[Result]:
     tele = lake / "telemetry"
     fs = Result("filesystem")
     t0 = time.monotonic()
-    disk = scan_disk(tele)
+    disk = scan_disk(tele, fs)
     check_disk(disk, summary, fs)
     check_summary(summary, lake, fs)
     fs.seconds = time.monotonic() - t0
     results = [fs]
     for name in readers:
-        read, probe = READ[name]
         res = Result(LABEL[name])
         t0 = time.monotonic()
+        facts = Facts()
         try:
-            version, facts = read(tele, disk)
-            res.version = version
+            res.version = READ[name](tele, disk, facts)
             evaluate(facts, summary, disk, res)
         except Exception as e:  # noqa: BLE001 - a reader that chokes is a failed check, not a crash
-            try:
-                res.version = __import__(name).__version__
-            except Exception:  # noqa: BLE001
-                pass
-            last = traceback.extract_tb(e.__traceback__)[-1]
-            res.problems.append(f"reader error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} "
-                                f"(at {os.path.basename(last.filename)}:{last.lineno})")
-        try:
-            res.warnings.extend(f"default options: {w}" for w in probe(tele))
-        except Exception as e:  # noqa: BLE001
-            res.warnings.append(f"default-options probe error: {type(e).__name__}: {e}")
+            reader_error(res, e, name)
+            evaluate_files(facts, disk, res)  # what it learnt file by file before it choked
+        del facts  # frees the reader's data (and DuckDB connection) before the next one runs
+        release_memory()
         res.seconds = time.monotonic() - t0
         results.append(res)
+    for name in readers if defaults else ():
+        for label, probe in DEFAULTS[name]:
+            res = Result(label)
+            t0 = time.monotonic()
+            try:
+                res.version, rows, types, sl = probe(tele)
+                evaluate_default(rows, types, sl, summary, disk, res)
+            except Exception as e:  # noqa: BLE001
+                reader_error(res, e, name)
+            release_memory()
+            res.seconds = time.monotonic() - t0
+            results.append(res)
     return results
 
 
@@ -700,6 +862,8 @@ def main(argv=None) -> int:
     ap.add_argument("--summary", required=True, help="demo summary JSON")
     ap.add_argument("--readers", default=",".join(READERS),
                     help=f"comma-separated subset of {','.join(READERS)} (default: all)")
+    ap.add_argument("--no-defaults", action="store_true",
+                    help="skip the plain default-options reads (pq.read_table, ds.dataset/hive, ...)")
     a = ap.parse_args(argv)
     try:
         lake = Path(a.lake)
@@ -718,11 +882,11 @@ def main(argv=None) -> int:
     except Usage as e:
         print(f"check_lake: error: {e}", file=sys.stderr)
         return 2
-    results = run(lake, summary, readers)
+    results = run(lake, summary, readers, defaults=not a.no_defaults)
     ok = report(results)
     nprob = sum(len(r.problems) for r in results)
     if ok:
-        print(f"check_lake: OK: {len(readers)} reader(s) agree with the summary "
+        print(f"check_lake: OK: {len(results) - 1} read(s) agree with the summary "
               f"({summary.get('rows_committed')} rows, {summary.get('files_committed')} files)")
         return 0
     print(f"check_lake: FAIL: {nprob} problem(s) in "

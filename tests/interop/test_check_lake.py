@@ -4,7 +4,9 @@ Run: .venv/bin/python -m pytest -q tests/interop
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,8 @@ import synth_lake
 
 HERE = Path(__file__).resolve().parent
 READER_LABELS = ("pyarrow.dataset", "duckdb", "polars")
+DEFAULT_LABELS = ("pq.read_table", "ds.dataset/hive", "duckdb/defaults", "polars/defaults")
+GOOD_ROWS, GOOD_FILES = "1440", "12"  # 3 lines x 4 device boots x 8 batches x 5 samples x 4 sensors
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +39,12 @@ def run_check(lakes, variant, capsys, *extra):
     return rc, capsys.readouterr().out
 
 
-def fail_lines(out, who):
-    return [ln for ln in out.splitlines() if ln.startswith(f"FAIL {who}:")]
+def lines(out, kind, who):
+    return [ln for ln in out.splitlines() if ln.startswith(f"{kind} {who}:")]
+
+
+def table_row(out, who):
+    return next(ln for ln in out.splitlines() if ln.startswith(who + " ")).split()
 
 
 def test_good_lake_passes(lakes, capsys):
@@ -45,33 +53,81 @@ def test_good_lake_passes(lakes, capsys):
     assert "check_lake: OK" in out
     assert "FAIL" not in out
     for who in READER_LABELS:  # every reader ran and saw every row and file
-        row = next(ln for ln in out.splitlines() if ln.startswith(who + " "))
-        assert row.split()[2:4] == ["960", "8"], row
+        assert table_row(out, who)[2:4] == [GOOD_ROWS, GOOD_FILES], out
+    for who in DEFAULT_LABELS:  # the plain default-options reads work and see every row
+        assert table_row(out, who)[2] == GOOD_ROWS, out
     assert "in-flight .*.tmp" in out  # the .tmp file is seen on disk but read by nobody
+
+
+def test_good_lake_layout(tmp_path):
+    """The synthetic lake is what the contract says: hive keys in the path only, 7 typed columns."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lake, _ = synth_lake.build(tmp_path, "good")
+    files = sorted((lake / "telemetry").rglob("*.parquet"))
+    assert any("/line=01/" in str(p) for p in files)
+    md = pq.read_metadata(files[0])
+    assert md.metadata is None or b"ARROW:schema" not in md.metadata
+    assert pq.read_schema(files[0]) == pa.schema([pa.field(n, t, nullable=False) for n, t in [
+        ("ts", pa.timestamp("us", tz="UTC")), ("device", pa.string()), ("sensor", pa.string()),
+        ("value", pa.float64()), ("quality", pa.int16()), ("boot_id", pa.string()), ("seq", pa.int64())]])
+    assert all(p.name.startswith(f"part-{synth_lake.INGEST_ID}-") and len(p.stem.rsplit("-", 1)[1]) == 8 for p in files)
+    # every line has the same device names: per-device checks must key by (site, line, device)
+    devs = json.loads((lake.parent / "summary.json").read_text())["devices"]
+    assert len({d["device"] for d in devs}) < len({(d["site"], d["line"], d["device"]) for d in devs})
+
+
+def test_default_reads_of_numeric_looking_lines_are_reported_not_failed(lakes, capsys):
+    rc, out = run_check(lakes, "good", capsys)
+    assert rc == 0, out
+    # line=01: pyarrow and polars infer an integer by default and read 1; reported as warnings
+    for who, typ in (("ds.dataset/hive", "int32"), ("polars/defaults", "Int64"),
+                     ("pq.read_table", "dictionary<values=int32")):
+        w = lines(out, "warn", who)
+        assert any(f"line is typed {typ}" in ln for ln in w), out
+        assert any("read as ('plant-a', 1)" in ln and "('plant-a', '01')" in ln for ln in w), out
+    # DuckDB's autocast keeps '01' a string (a leading zero does not round-trip)
+    assert not lines(out, "warn", "duckdb/defaults"), out
+
+
+def test_explicit_partition_types_are_what_make_line_01_work(lakes, capsys, monkeypatch):
+    # the same pyarrow.dataset checks with the default inference instead of the explicit schema
+    monkeypatch.setattr(check_lake, "pa_explicit_partitioning", lambda: "hive")
+    rc, out = run_check(lakes, "good", capsys, "--readers", "pyarrow", "--no-defaults")
+    assert rc == 1, out
+    fails = lines(out, "FAIL", "pyarrow.dataset")
+    assert "FAIL pyarrow.dataset: column line: int32 (expected string)" in fails, out
+    assert any("reader exposes (site, line, date, hour) [('plant-a', 1, " in ln for ln in fails), out
 
 
 def test_numeric_ids_pass_and_default_options_are_flagged(lakes, capsys):
     rc, out = run_check(lakes, "good_numeric_ids", capsys)
     assert rc == 0, out
-    # with default inference, pyarrow cannot merge site (int32 from the path vs string in the file)
-    assert "warn pyarrow.dataset: default options: ds.dataset" in out
-    assert "string vs int32" in out
-    # and DuckDB autocasts site=1 to BIGINT, overriding the in-file VARCHAR
-    assert "'site': 'BIGINT'" in out
+    # lines '01' and '1' of site '1' become the same integer 1 in pyarrow and polars by default
+    for who in ("pq.read_table", "ds.dataset/hive", "polars/defaults"):
+        assert any("3 distinct (site, line) pairs collapse into 2" in ln for ln in lines(out, "warn", who)), out
+    # DuckDB autocasts site=1/2 to BIGINT (lossless), line stays VARCHAR ('01' next to '1')
+    assert lines(out, "warn", "duckdb/defaults") == ["warn duckdb/defaults: site is typed BIGINT, not a string, by default"]
 
 
-# variant -> text every failing reader line must contain (reader-level defects)
+# variant -> text one FAIL line of every reader must contain
 READER_DEFECTS = {
-    "missing_seq": "missing seq 20",
+    "missing_seq": "device plant-a/01/press-2 boot e4bed6ce..: distinct seq != 17..=24 (7 distinct, min 17, max 24); missing seq 20",
     "extra_seq": "unexpected seq 25",
-    "duplicate_row": "1 duplicate row(s)",
+    "duplicate_row": "1 duplicate row(s) on (site, line, device, boot_id, seq, sensor, ts)",
     "duplicate_batch": "20 duplicate row(s)",
-    "wrong_type_quality": "quality",
-    "wrong_type_ts_ms": "ts",
-    "wrong_type_ts_naive": "column ts",
-    "wrong_type_value": "column value",
-    "hive_mismatch": "file holds [('site-2', 'line-1')]",
-    "rows_mismatch": "960 rows, summary rows_committed=961",
+    "misplaced_file": "device plant-b/01/press-1 boot a6b74a64..: 52 rows in the lake, not in the summary",
+    "wrong_type_quality": "column quality is",
+    "wrong_type_ts_ms": "column ts is",
+    "wrong_type_ts_naive": "column ts is",
+    "wrong_type_value": "column value is",
+    "legacy_site_line": "columns ['ts', 'site', 'line', 'device', 'sensor', 'value', 'quality', 'boot_id', 'seq'] "
+                        "(expected exactly ['ts', 'device', 'sensor', 'value', 'quality', 'boot_id', 'seq']) in 12 of 12",
+    "column_order": "columns ['ts', 'device', 'sensor', 'value', 'quality', 'seq', 'boot_id'] (expected exactly",
+    "arrow_schema": "an embedded ARROW:schema (the contract says none) in 12 of 12 file(s)",
+    "hour_mismatch": "outside its date/hour partition 2024-03-11/00",
+    "rows_mismatch": "1440 rows, summary rows_committed=1441",
 }
 
 
@@ -81,24 +137,73 @@ def test_each_reader_catches(lakes, capsys, variant):
     assert rc == 1, out
     assert "check_lake: FAIL" in out
     for who in READER_LABELS:
-        lines = fail_lines(out, who)
-        assert lines, f"{who} did not flag {variant}:\n{out}"
-        assert any(READER_DEFECTS[variant] in ln for ln in lines), f"{who}:\n" + "\n".join(lines)
+        fails = lines(out, "FAIL", who)
+        assert fails, f"{who} did not flag {variant}:\n{out}"
+        assert any(READER_DEFECTS[variant] in ln for ln in fails), f"{who}:\n" + "\n".join(fails)
+
+
+def test_misplaced_file_keys_devices_by_site_and_line(lakes, capsys):
+    rc, out = run_check(lakes, "misplaced_file", capsys, "--readers", "duckdb", "--no-defaults")
+    assert rc == 1
+    fails = lines(out, "FAIL", "duckdb")
+    # the same device name exists under plant-b/01: its own rows there are still fine
+    own = f"device plant-b/01/press-1 boot {synth_lake.boot_id_for('plant-b', '01', 'press-1', 0)[:8]}.."
+    assert not any(own in ln for ln in fails), fails
+    assert any(ln.endswith("device plant-a/01/press-1 boot a6b74a64..: 108 rows, summary samples=160") for ln in fails), fails
+
+
+def test_legacy_layout_breaks_pq_read_table(lakes, capsys):
+    # the earlier layout (site/line in the files too): pq.read_table(<dir>) cannot merge them
+    rc, out = run_check(lakes, "legacy_site_line", capsys)
+    assert rc == 1
+    assert any("Unable to merge: Field site has incompatible types" in ln for ln in lines(out, "FAIL", "pq.read_table")), out
+
+
+def test_plain_strings_caught_where_encodings_are_visible(lakes, capsys):
+    rc, out = run_check(lakes, "plain_strings", capsys)
+    assert rc == 1
+    for who in ("pyarrow.dataset", "duckdb"):  # polars has no API for column encodings
+        assert any("column device not dictionary-encoded" in ln for ln in lines(out, "FAIL", who)), out
+
+
+def test_polars_fails_on_mixed_file_types_but_still_reports_the_file(lakes, capsys):
+    rc, out = run_check(lakes, "wrong_type_quality", capsys, "--readers", "polars", "--no-defaults")
+    assert rc == 1
+    fails = lines(out, "FAIL", "polars")
+    assert any("reader error: SchemaError" in ln for ln in fails), fails
+    assert any("column quality is Int32 (expected int16) in 1 of 12 file(s)" in ln for ln in fails), fails
 
 
 def test_files_committed_mismatch(lakes, capsys):
     rc, out = run_check(lakes, "files_mismatch", capsys)
     assert rc == 1
-    assert fail_lines(out, "filesystem") == [
-        "FAIL filesystem: 8 *.parquet files on disk under telemetry/, summary files_committed=9"]
+    assert lines(out, "FAIL", "filesystem") == [
+        "FAIL filesystem: 12 *.parquet files on disk under telemetry/, summary files_committed=13"]
+    assert not [ln for ln in out.splitlines() if ln.startswith("FAIL") and not ln.startswith("FAIL filesystem")]
 
 
-def test_hive_mismatch_shows_path_value_wins(lakes, capsys):
-    # every reader silently exposes the path value; only the hive-off read sees the file's value
-    rc, out = run_check(lakes, "hive_mismatch", capsys)
+def test_summary_entries_must_carry_site_and_line(lakes, capsys, tmp_path):
+    lake, summary = lakes("good")
+    s = json.loads(Path(summary).read_text())
+    for d in s["devices"]:
+        del d["site"], d["line"]
+    (tmp_path / "s.json").write_text(json.dumps(s))
+    rc = check_lake.main(["--lake", str(lake), "--summary", str(tmp_path / "s.json"), "--readers", "duckdb"])
+    out = capsys.readouterr().out
     assert rc == 1
-    for who in READER_LABELS:
-        assert any("reader exposes [('site-1', 'line-1')]" in ln for ln in fail_lines(out, who)), out
+    assert any("lacks or mistypes one of" in ln for ln in lines(out, "FAIL", "filesystem")), out
+    assert any("not in the summary" in ln for ln in lines(out, "FAIL", "duckdb")), out
+
+
+def test_bad_site_name_in_path(lakes, capsys, tmp_path):
+    lake, summary = lakes("good")
+    shutil.copytree(lake, tmp_path / "lake")
+    (tmp_path / "lake/telemetry/site=plant-b").rename(tmp_path / "lake/telemetry/site=plant b")
+    rc = check_lake.main(["--lake", str(tmp_path / "lake"), "--summary", str(summary), "--readers", "duckdb",
+                          "--no-defaults"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert any("site value 'plant b' is not 1-64 of [A-Za-z0-9_.-]" in ln for ln in lines(out, "FAIL", "filesystem")), out
 
 
 def test_usage_errors(tmp_path, capsys):
@@ -106,6 +211,7 @@ def test_usage_errors(tmp_path, capsys):
     lake, _ = synth_lake.build(tmp_path, "good")
     (tmp_path / "bad.json").write_text("{not json")
     assert check_lake.main(["--lake", str(lake), "--summary", str(tmp_path / "bad.json")]) == 2
+    assert check_lake.main(["--lake", str(lake), "--summary", str(tmp_path / "summary.json"), "--readers", "spark"]) == 2
 
 
 def test_cli_exit_status(lakes):
@@ -115,3 +221,4 @@ def test_cli_exit_status(lakes):
                        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     assert p.returncode == 1, p.stdout + p.stderr
     assert "missing seq 20" in p.stdout
+    assert "duckdb/defaults" in p.stdout and "pq.read_table" not in p.stdout
