@@ -195,6 +195,28 @@ def test_summary_entries_must_carry_site_and_line(lakes, capsys, tmp_path):
     assert any("not in the summary" in ln for ln in lines(out, "FAIL", "duckdb")), out
 
 
+def test_summary_device_without_batches(lakes, capsys, tmp_path):
+    # the demo writes first_seq/last_seq = null for a device the broker acknowledged nothing of
+    lake, summary = lakes("good")
+    s = json.loads(Path(summary).read_text())
+    idle = {"site": "plant-b", "line": "01", "device": "idle-1", "boot_id": "0" * 32, "batches": 0,
+            "first_seq": None, "last_seq": None, "samples": 0, "rows_in_lake": 0, "complete": True}
+    s["devices"].append(idle)
+    (tmp_path / "s.json").write_text(json.dumps(s))
+    args = ["--lake", str(lake), "--summary", str(tmp_path / "s.json"), "--readers", "duckdb", "--no-defaults"]
+    assert check_lake.main(args) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    # ... but a device with rows in the lake must not claim to have none
+    s["devices"] = [dict(d, first_seq=None, last_seq=None, batches=0, samples=0) if d["device"] == "press-1"
+                    and (d["site"], d["line"]) == ("plant-b", "01") else d for d in s["devices"]]
+    s["rows_committed"] = s["samples_published"] = sum(d["samples"] for d in s["devices"])
+    (tmp_path / "s.json").write_text(json.dumps(s))
+    assert check_lake.main(args) == 1
+    out = capsys.readouterr().out
+    assert any("device plant-b/01/press-1" in ln and "summary has no batch of it" in ln
+               for ln in lines(out, "FAIL", "duckdb")), out
+
+
 def test_bad_site_name_in_path(lakes, capsys, tmp_path):
     lake, summary = lakes("good")
     shutil.copytree(lake, tmp_path / "lake")
