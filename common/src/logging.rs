@@ -1,5 +1,6 @@
 //! `tracing` set-up shared by the binaries.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,9 @@ pub fn init(format: LogFormat, default_filter: &str) -> Result<()> {
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal; journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (tests, the in-process demo) keeps the first subscriber.
     let _ = match format {
         LogFormat::Human => builder.try_init(),

@@ -222,3 +222,101 @@ impl TelemetryBuffer {
         RecordBatch::try_new(schema(), columns)
     }
 }
+
+/// One row of the table as a reader sees it, with `site` and `line` taken from the path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryRow {
+    pub ts_us: i64,
+    pub site: String,
+    pub line: String,
+    pub device: String,
+    pub sensor: String,
+    pub value: f64,
+    pub quality: i16,
+    pub boot_id: String,
+    pub seq: i64,
+}
+
+/// Reads every row of one telemetry file, checking that its columns have the types this
+/// module writes. `site` and `line` come from the file's `site=`/`line=` path levels.
+pub fn read_file(path: &std::path::Path) -> Result<Vec<TelemetryRow>, ReadError> {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int16Type, Int64Type, TimestampMicrosecondType};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let bad = |message: String| ReadError {
+        path: path.to_owned(),
+        message,
+    };
+    let text = path.to_string_lossy();
+    let level = |key: &str| {
+        text.split('/')
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::to_owned)
+            .ok_or_else(|| bad(format!("no {key} level in the path")))
+    };
+    let (site, line) = (level("site=")?, level("line=")?);
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let column = |name: &str, want: &DataType| {
+            let column = batch
+                .column_by_name(name)
+                .ok_or_else(|| bad(format!("no column {name}")))?;
+            if column.data_type() != want || column.null_count() > 0 {
+                return Err(bad(format!(
+                    "column {name} is {} with {} nulls, expected non-null {want}",
+                    column.data_type(),
+                    column.null_count()
+                )));
+            }
+            Ok(column.clone())
+        };
+        let ts_type = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let ts = column("ts", &ts_type)?;
+        let device = column("device", &DataType::Utf8)?;
+        let sensor = column("sensor", &DataType::Utf8)?;
+        let value = column("value", &DataType::Float64)?;
+        let quality = column("quality", &DataType::Int16)?;
+        let boot_id = column("boot_id", &DataType::Utf8)?;
+        let seq = column("seq", &DataType::Int64)?;
+        let (ts, value, quality, seq) = (
+            ts.as_primitive::<TimestampMicrosecondType>(),
+            value.as_primitive::<Float64Type>(),
+            quality.as_primitive::<Int16Type>(),
+            seq.as_primitive::<Int64Type>(),
+        );
+        let (device, sensor, boot_id) = (
+            device.as_string::<i32>(),
+            sensor.as_string::<i32>(),
+            boot_id.as_string::<i32>(),
+        );
+        for i in 0..batch.num_rows() {
+            rows.push(TelemetryRow {
+                ts_us: ts.value(i),
+                site: site.clone(),
+                line: line.clone(),
+                device: device.value(i).to_owned(),
+                sensor: sensor.value(i).to_owned(),
+                value: value.value(i),
+                quality: quality.value(i),
+                boot_id: boot_id.value(i).to_owned(),
+                seq: seq.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// A telemetry file that cannot be read back as this module wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ReadError {
+    pub path: std::path::PathBuf,
+    pub message: String,
+}

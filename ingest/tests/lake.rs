@@ -2,19 +2,14 @@
 //! back with the parquet crate's own Arrow reader and compared value by value.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int16Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, RecordBatch};
-use arrow_schema::{DataType, TimeUnit};
+use loopline_ingest::telemetry::read_file as read_rows;
 use loopline_ingest::writer::{CommitRecord, LakeWriter, WriterOptions, read_commit_log};
 use loopline_proto::pack::ChannelBuilder;
 use loopline_proto::v1::{DeviceId, Quality, SCHEMA_VERSION, TelemetryBatch};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
@@ -57,78 +52,24 @@ fn expected_rows(batch: &TelemetryBatch) -> Vec<Row> {
     rows
 }
 
-fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
-    let column = batch.column_by_name(name).unwrap();
-    // No Arrow schema is embedded: readers must see plain strings, not dictionaries.
-    assert_eq!(column.data_type(), &DataType::Utf8, "column {name}");
-    column
-        .as_string::<i32>()
-        .iter()
-        .map(|v| v.unwrap().to_owned())
-        .collect()
-}
-
-/// Site and line from a file's Hive path, as readers with Hive partitioning see them.
-fn partition_of(path: &Path) -> (String, String) {
-    let text = path.to_string_lossy();
-    let key = |k: &str| {
-        text.split('/')
-            .find_map(|level| level.strip_prefix(k))
-            .unwrap()
-            .to_owned()
-    };
-    (key("site="), key("line="))
-}
-
 fn read_file(path: &Path) -> Vec<Row> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+    read_rows(path)
         .unwrap()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let ts_col = batch.column_by_name("ts").unwrap();
-        assert_eq!(
-            ts_col.data_type(),
-            &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-        );
-        let ts = ts_col.as_primitive::<TimestampMicrosecondType>();
-        let value = batch
-            .column_by_name("value")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let quality = batch
-            .column_by_name("quality")
-            .unwrap()
-            .as_primitive::<Int16Type>();
-        let seq = batch
-            .column_by_name("seq")
-            .unwrap()
-            .as_primitive::<Int64Type>();
-        assert!(batch.column_by_name("site").is_none() && batch.column_by_name("line").is_none());
-        let (site, line) = partition_of(path);
-        let (device, sensor, boot) = (
-            strings(&batch, "device"),
-            strings(&batch, "sensor"),
-            strings(&batch, "boot_id"),
-        );
-        assert_eq!(ts.null_count() + value.null_count() + seq.null_count(), 0);
-        for i in 0..batch.num_rows() {
-            rows.push((
-                ts.value(i),
-                site.clone(),
-                line.clone(),
-                device[i].clone(),
-                sensor[i].clone(),
-                value.value(i).to_bits(),
-                quality.value(i),
-                boot[i].clone(),
-                seq.value(i),
-            ));
-        }
-    }
-    rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.ts_us,
+                r.site,
+                r.line,
+                r.device,
+                r.sensor,
+                r.value.to_bits(),
+                r.quality,
+                r.boot_id,
+                r.seq,
+            )
+        })
+        .collect()
 }
 
 fn parquet_files(root: &Path) -> Vec<PathBuf> {

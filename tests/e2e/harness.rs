@@ -1,0 +1,376 @@
+//! What every end-to-end test needs: a real broker on a free loopback port, the real binaries
+//! as child processes that are killed on drop and whose logs are shown when a test fails, and
+//! MQTT clients that tap or inject traffic.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+/// Writes to the real stderr, past the test harness's capture: what a person running the
+/// tests should always see (which broker runs).
+pub fn announce(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Path of a workspace binary, freshly built: the root package's tests only get their own
+/// binaries from cargo, and a stale `loopline-agent` would test yesterday's code. The build
+/// is a no-op when nothing changed, and runs once per binary per test process.
+pub fn bin(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {name} failed"
+        );
+        built.push(name.to_owned());
+    }
+    path
+}
+
+/// A child process, killed on drop; its output goes to files whose tails are printed when
+/// the test is failing.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("stdout log"))
+            .stderr(File::create(&stderr).expect("stderr log"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Waits until `needle` appears in the process's stderr.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited ({status}) before logging {needle:?}", self.name);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running after {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM, as systemd and Docker do.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM {}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            for (what, text) in [("stdout", self.stdout()), ("stderr", self.stderr())] {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                announce(&format!(
+                    "----- {} {what} (last {} lines) -----\n{}",
+                    self.name,
+                    tail.len(),
+                    tail.join("\n")
+                ));
+            }
+        }
+    }
+}
+
+/// A broker for one test: Mosquitto when it is on the PATH, else the embedded broker
+/// (`loopline broker`). `LOOPLINE_TEST_BROKER=mosquitto|embedded` forces one; CI forces
+/// Mosquitto so that a missing install fails instead of silently falling back.
+#[derive(Debug)]
+pub struct Broker {
+    pub url: String,
+    pub port: u16,
+    _proc: Proc,
+}
+
+impl Broker {
+    pub fn start(logs: &Path) -> Broker {
+        let wanted = std::env::var("LOOPLINE_TEST_BROKER").unwrap_or_default();
+        let have_mosquitto = Command::new("mosquitto")
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        let use_mosquitto = match wanted.as_str() {
+            "mosquitto" => {
+                assert!(
+                    have_mosquitto,
+                    "LOOPLINE_TEST_BROKER=mosquitto but mosquitto is not on the PATH"
+                );
+                true
+            }
+            "embedded" => false,
+            "" => have_mosquitto,
+            other => panic!("LOOPLINE_TEST_BROKER={other:?}: expected mosquitto or embedded"),
+        };
+        let port = free_port();
+        let (kind, proc) = if use_mosquitto {
+            let conf = logs.join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listener {port} 127.0.0.1\n\
+                     allow_anonymous true\n\
+                     persistence false\n\
+                     max_queued_messages 1000000\n\
+                     log_dest stderr\n\
+                     log_type error\n\
+                     log_type warning\n"
+                ),
+            )
+            .expect("mosquitto.conf");
+            let mut cmd = Command::new("mosquitto");
+            cmd.arg("-c").arg(&conf);
+            ("mosquitto", Proc::spawn("mosquitto", cmd, logs))
+        } else {
+            let mut cmd = Command::new(bin("loopline", "loopline"));
+            cmd.args(["broker", "--listen", &format!("127.0.0.1:{port}")]);
+            ("embedded rumqttd", Proc::spawn("broker", cmd, logs))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{kind} did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        announce(&format!("e2e broker: {kind} on 127.0.0.1:{port}"));
+        Broker {
+            url: format!("mqtt://127.0.0.1:{port}"),
+            port,
+            _proc: proc,
+        }
+    }
+
+    fn options(&self, client_id: &str) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", self.port);
+        options.set_max_packet_size(16 << 20, 16 << 20);
+        options.set_keep_alive(Duration::from_secs(10));
+        options
+    }
+
+    /// Subscribes to `filter` and records every message until dropped. Returns once the
+    /// subscription is granted.
+    pub fn tap(&self, filter: &str) -> Tap {
+        let (client, mut connection) = Client::new(self.options("e2e-tap"), 100);
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .expect("tap subscribe");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((p.topic, p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("tap subscription granted");
+        Tap { client, messages }
+    }
+
+    /// Publishes each (topic, payload) with QoS 1 and returns once the broker acknowledged all.
+    pub fn publish_all(&self, messages: &[(String, Vec<u8>)]) {
+        let (client, mut connection) = Client::new(self.options("e2e-injector"), 1000);
+        for (topic, payload) in messages {
+            client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+                .expect("publish");
+        }
+        let mut acked = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for event in connection.iter() {
+            if let Ok(Event::Incoming(Packet::PubAck(_))) = event {
+                acked += 1;
+                if acked == messages.len() {
+                    break;
+                }
+            }
+            assert!(event.is_ok(), "injector connection failed: {event:?}");
+            assert!(
+                Instant::now() < deadline,
+                "only {acked} of {} acked",
+                messages.len()
+            );
+        }
+        let _ = client.disconnect();
+    }
+}
+
+/// Messages seen by a tap subscriber.
+pub struct Tap {
+    client: Client,
+    messages: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Tap {
+    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until at least `n` messages arrived.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(String, Vec<u8>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tap saw {} of {n} messages",
+                messages.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap")
+            .field("messages", &self.messages().len())
+            .finish()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Every Parquet file under `dir`, sorted; fails on a leftover temporary file.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                assert!(
+                    name.ends_with(".parquet") && !name.starts_with('.'),
+                    "stray file {}",
+                    path.display()
+                );
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every telemetry row in the lake.
+pub fn lake_rows(lake: &Path) -> Vec<loopline_ingest::telemetry::TelemetryRow> {
+    parquet_files(&lake.join("telemetry"))
+        .iter()
+        .flat_map(|p| loopline_ingest::telemetry::read_file(p).expect("readable telemetry file"))
+        .collect()
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real binaries against a real broker (Mosquitto when installed, the
+//! embedded broker otherwise), with the lake read back from the Parquet files.
+
+mod demo;
+mod harness;
+mod malformed;
+mod pipeline;
