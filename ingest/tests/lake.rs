@@ -1,6 +1,8 @@
 //! Integration tests of the ingest library without a broker: batches in, Parquet out, read
 //! back with the parquet crate's own Arrow reader and compared value by value.
 
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap its own fixtures should fail loudly
+
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};

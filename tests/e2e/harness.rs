@@ -263,7 +263,7 @@ impl Broker {
     }
 
     /// Publishes each (topic, payload) with QoS 1 and returns once the broker acknowledged all.
-    pub fn publish_all(&self, messages: &[(String, Vec<u8>)]) {
+    pub fn publish_all(&self, messages: &[Message]) {
         let (client, mut connection) = Client::new(self.options("e2e-injector"), 1000);
         for (topic, payload) in messages {
             client
@@ -290,14 +290,17 @@ impl Broker {
     }
 }
 
+/// A message as the broker delivered it: topic and payload.
+pub type Message = (String, Vec<u8>);
+
 /// Messages seen by a tap subscriber.
 pub struct Tap {
     client: Client,
-    messages: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    messages: Arc<Mutex<Vec<Message>>>,
 }
 
 impl Tap {
-    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+    pub fn messages(&self) -> Vec<Message> {
         self.messages
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -305,7 +308,7 @@ impl Tap {
     }
 
     /// Waits until at least `n` messages arrived.
-    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(String, Vec<u8>)> {
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Message> {
         let deadline = Instant::now() + timeout;
         loop {
             let messages = self.messages();
