@@ -20,6 +20,8 @@ use crate::{Error, Result};
 /// buffered and exits.
 #[derive(Debug, Parser)]
 #[command(name = "loopline-ingest", version)]
+// These comments are `--help` text, where <placeholders> read naturally.
+#[allow(rustdoc::invalid_html_tags)]
 pub struct Cli {
     /// TOML config file (keys as in `--print-config`).
     #[arg(long, env = "LOOPLINE_INGEST_CONFIG")]
