@@ -159,15 +159,16 @@ impl AgentConfig {
                 ),
             ));
         }
-        if self.keep_alive < Duration::from_secs(1) {
+        if self.keep_alive < Duration::from_secs(1) || self.keep_alive.as_secs() > 65_535 {
             return Err(bad(
                 "keep_alive",
-                "must be at least 1s (MQTT counts it in whole seconds)".to_owned(),
+                "must be from 1s to 65535s (MQTT counts it in whole seconds, in 16 bits)"
+                    .to_owned(),
             ));
         }
-        if self.client_id_prefix.is_empty() {
-            return Err(bad("client_id_prefix", "must not be empty".to_owned()));
-        }
+        // Client ids follow the identity rules too: every broker accepts them.
+        loopline_proto::topic::validate_segment("client_id_prefix", &self.client_id_prefix)
+            .map_err(|e| bad("client_id_prefix", e.to_string()))?;
         if self.model_version.is_empty() {
             return Err(bad(
                 "model_version",
@@ -204,16 +205,20 @@ mod tests {
         let config = AgentConfig::load(&example_path()).unwrap();
         config.validate().unwrap();
         // The example documents the defaults; keep the two in step.
-        let mut expected = AgentConfig::default();
-        expected.report_file = config.report_file.clone();
+        let expected = AgentConfig {
+            report_file: config.report_file.clone(),
+            ..AgentConfig::default()
+        };
         assert_eq!(config, expected);
     }
 
     #[test]
     fn example_names_every_key() {
         let text = std::fs::read_to_string(example_path()).unwrap();
-        let mut config = AgentConfig::default();
-        config.report_file = Some(PathBuf::from("x"));
+        let config = AgentConfig {
+            report_file: Some(PathBuf::from("x")),
+            ..AgentConfig::default()
+        };
         let value = toml::Value::try_from(&config).unwrap();
         let table = value.as_table().unwrap();
         for key in table.keys() {
@@ -249,7 +254,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&str, fn(&mut AgentConfig)); 8] = [
+        type Breaks = fn(&mut AgentConfig);
+        let cases: [(&str, Breaks); 10] = [
             ("site", |c| c.site = "a/b".into()),
             ("line", |c| c.line = String::new()),
             ("devices", |c| c.devices.clear()),
@@ -263,6 +269,8 @@ mod tests {
                 c.batch_interval = Duration::from_millis(500);
             }),
             ("keep_alive", |c| c.keep_alive = Duration::from_millis(10)),
+            ("keep_alive", |c| c.keep_alive = Duration::from_secs(70_000)),
+            ("client_id_prefix", |c| c.client_id_prefix = " agent".into()),
         ];
         for (key, breaks) in cases {
             let mut config = AgentConfig::default();

@@ -70,7 +70,7 @@ pub(crate) struct DeviceSpec {
 
 /// Reconnect delays: doubling from `min` to `max`, back to `min` after a success.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
@@ -318,6 +318,7 @@ pub(crate) async fn run_device(spec: DeviceSpec) -> Result<DeviceReport> {
         // Hand over what the in-flight window allows.
         while let Some(next) = buffer.pop_front() {
             if link.tracker().outstanding_batches() >= in_flight_limit {
+                // The window is full; the next acknowledgement wakes this loop.
                 buffer.push_front(next);
                 break;
             }
@@ -333,6 +334,10 @@ pub(crate) async fn run_device(spec: DeviceSpec) -> Result<DeviceReport> {
             }
         }
 
+        if buffer.is_empty() {
+            // Caught up: a later overflow is a new episode, worth its own log line.
+            dropped.logged = false;
+        }
         if !sealing && buffer.is_empty() && link.tracker().outstanding_batches() == 0 {
             drained = true;
             break;
@@ -343,31 +348,33 @@ pub(crate) async fn run_device(spec: DeviceSpec) -> Result<DeviceReport> {
     }
 
     // Say goodbye: a retained offline status (a clean DISCONNECT does not fire the Last
-    // Will), then disconnect. Both bounded; the Last Will covers a broker that is away.
+    // Will), then disconnect. Both bounded. Without a connection there is no one to tell:
+    // the broker already published the Last Will when the connection dropped.
     if !connection_done {
-        if link.connected.load(Ordering::Acquire) && link.announce(false) {
-            let goodbye = Instant::now() + GOODBYE_TIMEOUT;
-            while link.tracker().status_outstanding(false) {
-                tokio::select! {
-                    _ = link.progress.notified() => {}
-                    _ = tokio::time::sleep_until(goodbye) => {
-                        warn!(device = %id, "offline status not acknowledged in time");
-                        break;
+        if link.connected.load(Ordering::Acquire) {
+            if link.announce(false) {
+                let goodbye = Instant::now() + GOODBYE_TIMEOUT;
+                while link.tracker().status_outstanding(false) {
+                    tokio::select! {
+                        _ = link.progress.notified() => {}
+                        _ = tokio::time::sleep_until(goodbye) => {
+                            warn!(device = %id, "offline status not acknowledged in time");
+                            break;
+                        }
                     }
                 }
             }
+            let _ = link.client.try_disconnect();
+            if tokio::time::timeout(GOODBYE_TIMEOUT, &mut connection)
+                .await
+                .is_err()
+            {
+                warn!(device = %id, "clean disconnect timed out");
+            }
         }
-        let _ = link.client.try_disconnect();
-        match tokio::time::timeout(GOODBYE_TIMEOUT, &mut connection).await {
-            Ok(joined) => {
-                if let Err(e) = joined {
-                    error!(device = %id, error = %e, "MQTT connection task failed");
-                }
-            }
-            Err(_) => {
-                stop.cancel();
-                let _ = connection.await;
-            }
+        stop.cancel();
+        if !connection.is_finished() {
+            let _ = (&mut connection).await;
         }
     }
 
@@ -470,7 +477,7 @@ impl Dropped {
 }
 
 /// Compact "0..=3, 7, 9..=10" for a sorted list of sequence numbers.
-pub fn seq_ranges(seqs: &[u64]) -> String {
+pub(crate) fn seq_ranges(seqs: &[u64]) -> String {
     let mut out = String::new();
     let mut i = 0;
     while i < seqs.len() {

@@ -37,7 +37,7 @@ pub mod signal;
 pub mod stats;
 
 pub use config::AgentConfig;
-pub use device::{Backoff, MAX_IN_FLIGHT_BATCHES, seq_ranges};
+pub use device::MAX_IN_FLIGHT_BATCHES;
 pub use report::{AgentReport, DeviceReport};
 pub use stats::{AgentStats, StatsSnapshot};
 
