@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,10 +126,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     prepare_lake(&args.lake, args.keep_lake)?;
     let broker = match &args.broker {
         Some(url) => url.clone(),
-        None => {
-            let port = crate::broker::free_port()?;
-            crate::broker::start(SocketAddr::from(([127, 0, 0, 1], port)))?
-        }
+        None => loopline_common::embedded_broker::start_on_free_port()?,
     };
     let commits_before = commit_records(&args.lake)?.len();
     let mut out = std::io::stderr();

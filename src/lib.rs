@@ -1,12 +1,11 @@
 //! `loopline`: the umbrella command. It ties the agent and ingest libraries together into
 //! `loopline demo` (a whole factory in one process) and runs the embedded broker
-//! (`loopline broker`) for machines without Mosquitto.
+//! (`loopline broker`, from `loopline_common::embedded_broker`) for machines without
+//! Mosquitto.
 //!
 //! How this crate is laid out:
-//! - [`broker`]: the embedded rumqttd broker.
 //! - [`demo`]: the demo's orchestration, live progress, read-back verification and summary.
 //!
 //! End-to-end tests of the real binaries live in `tests/`.
 
-pub mod broker;
 pub mod demo;

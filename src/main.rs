@@ -72,7 +72,7 @@ fn run_broker(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let token = CancellationToken::new();
         shutdown::cancel_on_signal(token.clone());
-        let url = loopline::broker::start(listen)?;
+        let url = loopline_common::embedded_broker::start(listen)?;
         tracing::info!(%url, "embedded broker listening");
         // Tests and scripts wait for this line.
         println!("listening on {url}");

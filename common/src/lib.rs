@@ -3,6 +3,7 @@
 //! How this crate is laid out:
 //! - [`broker`]: the broker address (`mqtt://host:port`) and the MQTT options derived from it.
 //! - [`config`]: loading a TOML config file with errors that name the file and the key.
+//! - `embedded_broker` (feature `embedded-broker`): rumqttd in-process, for the demo and tests.
 //! - [`duration`]: human-readable durations (`"1s"`, `"250ms"`) in config files and flags.
 //! - [`logging`]: `tracing` set-up, human or JSON.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token that every task watches.
@@ -10,6 +11,8 @@
 pub mod broker;
 pub mod config;
 pub mod duration;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded_broker;
 pub mod logging;
 pub mod shutdown;
 
@@ -31,6 +34,8 @@ pub enum Error {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error("embedded broker: {0}")]
+    EmbeddedBroker(String),
     #[error("log filter {filter:?}: {message}")]
     LogFilter { filter: String, message: String },
 }

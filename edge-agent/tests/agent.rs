@@ -1,5 +1,6 @@
 //! The agent from the outside: the binary's configuration handling, and runs against a real
-//! Mosquitto broker (skipped, with a note, where `mosquitto` is not installed).
+//! broker: Mosquitto where it is installed, else the embedded broker (the broker-restart test
+//! needs a broker it can stop and start, so it runs on Mosquitto only and says when it skips).
 
 // A failing set-up step should fail the test loudly; helpers are test code too.
 #![allow(clippy::unwrap_used)]
@@ -136,33 +137,88 @@ fn help_explains_itself() {
     }
 }
 
-/// A Mosquitto on a free loopback port, killed on drop.
+/// Writes past the test harness's capture: which broker runs, or why a test is skipped.
+fn announce(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// A broker on a free loopback port: Mosquitto when it is on the PATH (killed on drop), else
+/// the embedded broker in this process. `LOOPLINE_TEST_BROKER=mosquitto|embedded` forces one.
 struct Broker {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mosquitto_wanted() -> Option<bool> {
+    match std::env::var("LOOPLINE_TEST_BROKER").as_deref() {
+        Ok("mosquitto") => Some(true),
+        Ok("embedded") => Some(false),
+        _ => None,
+    }
 }
 
 impl Broker {
-    fn start() -> Option<Broker> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Broker::start_on(port)
+    fn start() -> Broker {
+        let port = free_port();
+        if mosquitto_wanted() != Some(false)
+            && let Some(broker) = Broker::mosquitto_on(port)
+        {
+            announce(&format!("agent tests: mosquitto on 127.0.0.1:{port}"));
+            return broker;
+        }
+        let url = loopline_common::embedded_broker::start_on_free_port().unwrap();
+        announce(&format!(
+            "agent tests: mosquitto not used; embedded broker on {url}"
+        ));
+        Broker {
+            child: None,
+            port: url.port,
+            _dir: None,
+        }
     }
 
-    fn start_on(port: u16) -> Option<Broker> {
+    /// Mosquitto on `port`, listening on loopback only; `None` when it is not installed
+    /// (a failure when `LOOPLINE_TEST_BROKER=mosquitto`).
+    fn mosquitto_on(port: u16) -> Option<Broker> {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
         let child = Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
+            .arg("-c")
+            .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let Ok(child) = child else {
-            eprintln!("mosquitto is not installed: skipping this test");
-            return None;
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                assert_ne!(
+                    mosquitto_wanted(),
+                    Some(true),
+                    "LOOPLINE_TEST_BROKER=mosquitto but mosquitto cannot start: {e}"
+                );
+                return None;
+            }
         };
-        let broker = Broker { child, port };
+        let broker = Broker {
+            child: Some(child),
+            port,
+            _dir: Some(dir),
+        };
         for _ in 0..100 {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Some(broker);
@@ -179,8 +235,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -254,9 +312,7 @@ fn test_config(broker: &Broker, devices: &[&str]) -> AgentConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_exactly_n_contiguous_batches_per_device() {
-    let Some(broker) = Broker::start() else {
-        return;
-    };
+    let broker = Broker::start();
     let recorder = Recorder::start(&broker).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&broker, &["a", "b"]);
@@ -354,7 +410,10 @@ async fn publishes_exactly_n_contiguous_batches_per_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_loses_nothing() {
-    let Some(broker) = Broker::start() else {
+    let Some(broker) = Broker::mosquitto_on(free_port()) else {
+        announce(
+            "agent tests: mosquitto is not installed; skipping a_broker_restart_loses_nothing",
+        );
         return;
     };
     let port = broker.port;
@@ -371,7 +430,7 @@ async fn a_broker_restart_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     drop(broker);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let _broker = Broker::start_on(port).unwrap();
+    let _broker = Broker::mosquitto_on(port).unwrap();
     let report = tokio::time::timeout(Duration::from_secs(30), agent)
         .await
         .unwrap()

@@ -1,4 +1,6 @@
-//! The embedded MQTT broker (rumqttd), for the demo and for machines without Mosquitto.
+//! The embedded MQTT broker (rumqttd), for the demo, for tests on machines without Mosquitto,
+//! and for trying Loopline out. Behind the `embedded-broker` feature, so the agent's own
+//! dependency tree stays free of it.
 //!
 //! It is a convenience, not the production path: one site runs Mosquitto, larger ones an MQTT
 //! cluster. rumqttd runs its own threads and cannot be stopped; it lives as long as the
@@ -8,10 +10,10 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use loopline_common::BrokerUrl;
-use loopline_common::broker::MAX_PACKET_BYTES;
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use crate::broker::MAX_PACKET_BYTES;
+use crate::{BrokerUrl, Error, Result};
 
 /// rumqttd settings for one MQTT 3.1.1 listener on `listen`.
 fn config(listen: SocketAddr) -> Config {
@@ -44,13 +46,15 @@ fn config(listen: SocketAddr) -> Config {
 }
 
 /// A free port on 127.0.0.1 (the OS picks it; a tiny race with other processes remains).
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
+pub fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::EmbeddedBroker(format!("finding a free loopback port: {e}")))
 }
 
 /// Starts the embedded broker on `listen` and returns once it accepts connections.
-pub fn start(listen: SocketAddr) -> anyhow::Result<BrokerUrl> {
+pub fn start(listen: SocketAddr) -> Result<BrokerUrl> {
     let mut broker = rumqttd::Broker::new(config(listen));
     std::thread::Builder::new()
         .name("mqtt-broker".to_owned())
@@ -59,13 +63,20 @@ pub fn start(listen: SocketAddr) -> anyhow::Result<BrokerUrl> {
                 tracing::error!(error = %e, "embedded broker stopped");
             }
         })
-        .context("starting the embedded broker thread")?;
+        .map_err(|e| Error::EmbeddedBroker(format!("starting the broker thread: {e}")))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {
-            bail!("the embedded broker did not start listening on {listen} within 10s");
+            return Err(Error::EmbeddedBroker(format!(
+                "not listening on {listen} within 10s"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(BrokerUrl::new(listen.ip().to_string(), listen.port()))
+}
+
+/// Starts the embedded broker on a free loopback port.
+pub fn start_on_free_port() -> Result<BrokerUrl> {
+    start(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
