@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap its own fixtures should fail loudly
 
+mod config_docs;
 mod demo;
 mod harness;
 mod malformed;
