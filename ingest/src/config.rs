@@ -114,8 +114,29 @@ impl IngestConfig {
                 ),
             );
         }
-        if self.keep_alive < Duration::from_secs(1) {
-            return bad("keep_alive", "must be at least 1s".into());
+        if self.keep_alive < Duration::from_secs(1) || self.keep_alive > Duration::from_secs(65_535)
+        {
+            return bad(
+                "keep_alive",
+                "must be from 1s to 65535s (MQTT counts it in whole seconds, 16 bits)".into(),
+            );
+        }
+        if let Some(id) = &self.client_id
+            && (id.is_empty() || id.len() > 256 || id.contains(char::is_whitespace))
+        {
+            return bad(
+                "client_id",
+                format!("{id:?} must be 1 to 256 characters without whitespace"),
+            );
+        }
+        if self.max_buffered_rows < self.roll_rows {
+            return bad(
+                "max_buffered_rows",
+                format!(
+                    "{} is below roll_rows = {}: files would never reach roll_rows",
+                    self.max_buffered_rows, self.roll_rows
+                ),
+            );
         }
         Ok(())
     }
@@ -144,5 +165,67 @@ impl IngestConfig {
             max_buffered_rows: self.max_buffered_rows,
             zstd_level: self.zstd_level,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_loads_and_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ingest.example.toml");
+        let config: IngestConfig = loopline_common::config::load_toml(&path).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.share_group.as_deref(), Some("loopline-ingest"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases: [(&str, IngestConfig); 4] = [
+            (
+                "keep_alive",
+                IngestConfig {
+                    keep_alive: Duration::from_secs(100_000),
+                    ..Default::default()
+                },
+            ),
+            (
+                "client_id",
+                IngestConfig {
+                    client_id: Some(String::new()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "ingest_id",
+                IngestConfig {
+                    ingest_id: "a/b".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "zstd_level",
+                IngestConfig {
+                    zstd_level: 0,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (key, config) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.starts_with(&format!("config key {key}:")), "{err}");
+        }
+        let small = IngestConfig {
+            max_buffered_rows: NonZeroUsize::new(10).unwrap(),
+            ..Default::default()
+        };
+        assert!(
+            small
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_buffered_rows")
+        );
     }
 }

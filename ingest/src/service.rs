@@ -108,7 +108,9 @@ fn write_report(path: &std::path::Path, report: &IngestReport) -> Result<()> {
         source,
     };
     let json = serde_json::to_vec_pretty(report).map_err(|e| Error::Internal(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     std::fs::write(&tmp, json).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
