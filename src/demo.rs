@@ -326,15 +326,18 @@ fn read_back(
             let device = column("device")?.as_string::<i32>();
             let boot = column("boot_id")?.as_string::<i32>();
             let seq = column("seq")?.as_primitive::<Int64Type>();
-            for i in 0..batch.num_rows() {
-                let key = (
-                    line.clone(),
-                    device.value(i).to_owned(),
-                    boot.value(i).to_owned(),
-                );
+            // Rows are sorted by device, so runs of one (device, boot) are long: count a run
+            // under one key instead of hashing every row.
+            let mut i = 0;
+            while i < batch.num_rows() {
+                let (dev, boot_id) = (device.value(i), boot.value(i));
+                let key = (line.clone(), dev.to_owned(), boot_id.to_owned());
                 let entry = counts.entry(key).or_default();
-                entry.rows += 1;
-                *entry.rows_per_seq.entry(seq.value(i)).or_default() += 1;
+                while i < batch.num_rows() && device.value(i) == dev && boot.value(i) == boot_id {
+                    entry.rows += 1;
+                    *entry.rows_per_seq.entry(seq.value(i)).or_default() += 1;
+                    i += 1;
+                }
             }
             file_rows += batch.num_rows() as u64;
         }

@@ -188,14 +188,27 @@ impl LakeWriter {
         };
         let site: Arc<str> = device.site.as_str().into();
         let line: Arc<str> = device.line.as_str().into();
-        let mut hours: Vec<i64> = batch
-            .channels
-            .iter()
-            .filter_map(|c| c.samples(batch.base_ts_us).ok())
-            .flat_map(|s| s.map(|s| s.ts_us.div_euclid(HOUR_US)))
-            .collect();
-        hours.sort_unstable();
-        hours.dedup();
+        let hour_of = |s: loopline_proto::pack::Sample| s.ts_us.div_euclid(HOUR_US);
+        let samples = || {
+            batch
+                .channels
+                .iter()
+                .filter_map(|c| c.samples(batch.base_ts_us).ok())
+                .flatten()
+        };
+        let (first, last) = samples()
+            .map(hour_of)
+            .fold((i64::MAX, i64::MIN), |(lo, hi), h| (lo.min(h), hi.max(h)));
+        // Nearly every batch sits in one hour; only a batch that straddles hours pays for
+        // finding which ones it touches.
+        let hours: Vec<i64> = if first == last {
+            vec![first]
+        } else {
+            let mut hours: Vec<i64> = samples().map(hour_of).collect();
+            hours.sort_unstable();
+            hours.dedup();
+            hours
+        };
         let mut committed = Vec::new();
         for hour in hours {
             let key = PartitionKey {
