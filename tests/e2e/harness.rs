@@ -25,11 +25,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Path of a workspace binary, freshly built: the root package's tests only get their own
-/// binaries from cargo, and a stale `loopline-agent` would test yesterday's code. The build
-/// is a no-op when nothing changed, and runs once per binary per test process.
+/// Path of a workspace binary. `cargo test --workspace` builds all of them before any test
+/// runs, and then they are used as they are. A binary that is missing or older than a source
+/// file (as after `cargo test --test e2e`, which only builds the root package) is rebuilt
+/// first, and the test says so; that build may recompile dependencies for its own feature set.
 pub fn bin(package: &str, name: &str) -> PathBuf {
-    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static CHECKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-<hash>
     let dir = exe
@@ -37,21 +38,52 @@ pub fn bin(package: &str, name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target profile directory");
     let path = dir.join(name);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
-        if dir.file_name().is_some_and(|p| p == "release") {
-            cmd.arg("--release");
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if !checked.iter().any(|b| b == name) {
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let newest_source = [
+            "src",
+            "proto",
+            "common",
+            "edge-agent",
+            "ingest",
+            "Cargo.lock",
+        ]
+        .iter()
+        .filter_map(|p| newest_mtime(&workspace.join(p)))
+        .max();
+        if built.is_none() || newest_source > built {
+            announce(&format!(
+                "e2e: {name} is missing or older than its sources; building it"
+            ));
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
+            if dir.file_name().is_some_and(|p| p == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("running cargo build");
+            assert!(
+                status.success(),
+                "cargo build -p {package} --bin {name} failed"
+            );
         }
-        let status = cmd.status().expect("running cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p {package} --bin {name} failed"
-        );
-        built.push(name.to_owned());
+        checked.push(name.to_owned());
     }
     path
+}
+
+/// Latest modification time of a file, or of any file under a folder.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// A child process, killed on drop; its output goes to files whose tails are printed when
