@@ -44,6 +44,24 @@ pub enum PackError {
 }
 
 /// Builds a [`Channel`] sample by sample.
+///
+/// ```
+/// use loopline_proto::pack::ChannelBuilder;
+/// use loopline_proto::v1::Quality;
+///
+/// let base = 1_795_946_400_000_000; // µs since the epoch
+/// let mut builder = ChannelBuilder::new("temperature", "Cel", base);
+/// builder.push(base, 21.5, Quality::Good);
+/// builder.push(base + 1_000, 21.75, Quality::Uncertain);
+/// let channel = builder.finish();
+/// assert_eq!(channel.ts_delta_us, [0, 1_000]); // delta-coded
+///
+/// let samples: Vec<_> = channel.samples(base)?.collect();
+/// assert_eq!(samples[1].ts_us, base + 1_000);
+/// assert_eq!(samples[1].value, 21.75);
+/// assert_eq!(samples[1].quality, Quality::Uncertain);
+/// # Ok::<(), loopline_proto::pack::PackError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ChannelBuilder {
     channel: Channel,

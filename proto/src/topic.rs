@@ -143,6 +143,18 @@ pub struct DeviceTopic {
 }
 
 /// Parses `loopline/v1/{site}/{line}/{device}/{kind}`, checking every identity segment.
+///
+/// ```
+/// use loopline_proto::topic::{self, Kind};
+/// use loopline_proto::v1::DeviceId;
+///
+/// let id = DeviceId::checked("plant-1", "line-1", "press-7")?;
+/// let text = id.topic(Kind::Telemetry);
+/// assert_eq!(text, "loopline/v1/plant-1/line-1/press-7/telemetry");
+/// assert_eq!(topic::parse(&text)?.device, id);
+/// assert!(topic::parse("loopline/v1/plant-1/../press-7/telemetry").is_err());
+/// # Ok::<(), loopline_proto::topic::TopicError>(())
+/// ```
 pub fn parse(topic: &str) -> Result<DeviceTopic, TopicError> {
     let not_ours = || TopicError::NotLoopline {
         topic: topic.to_owned(),
