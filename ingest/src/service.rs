@@ -48,6 +48,10 @@ pub struct IngestReport {
 }
 
 /// Runs the ingester until `shutdown` is cancelled, then flushes and returns its report.
+///
+/// Needs a multi-threaded tokio runtime: file commits run in `block_in_place`, so the MQTT
+/// connection keeps being served while a file is written. When the writer fails (a full disk,
+/// say), intake stops at once and the error is returned.
 pub async fn run(
     config: IngestConfig,
     shutdown: CancellationToken,
