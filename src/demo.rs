@@ -123,6 +123,31 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     if args.duration.is_zero() {
         bail!("--duration must be longer than 0s");
     }
+    // Every setting is checked before the lake is touched or anything starts: a bad
+    // --batch-interval must not surface only after the whole --duration.
+    let mut ingest_config = IngestConfig {
+        lake: args.lake.clone(),
+        ingest_id: INGEST_ID.to_owned(),
+        roll_age: args.roll_age,
+        ..IngestConfig::default()
+    };
+    ingest_config.validate().context("invalid demo settings")?;
+    let agent_configs: Vec<AgentConfig> = (1..=args.lines.get())
+        .map(|line| AgentConfig {
+            site: SITE.to_owned(),
+            line: format!("line-{line}"),
+            devices: (1..=args.devices_per_line.get())
+                .map(|d| format!("dev-{d}"))
+                .collect(),
+            sample_rate_hz: args.sample_rate_hz,
+            batch_interval: args.batch_interval,
+            seed: args.seed,
+            ..AgentConfig::default()
+        })
+        .collect();
+    for config in &agent_configs {
+        config.validate().context("invalid demo settings")?;
+    }
     prepare_lake(&args.lake, args.keep_lake)?;
     let broker = match &args.broker {
         Some(url) => url.clone(),
@@ -150,13 +175,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     // no subscriber and be dropped by the broker.
     let ingest_stats = Arc::new(IngestStats::default());
     let ingest_token = CancellationToken::new();
-    let ingest_config = IngestConfig {
-        broker: broker.clone(),
-        lake: args.lake.clone(),
-        ingest_id: INGEST_ID.to_owned(),
-        roll_age: args.roll_age,
-        ..IngestConfig::default()
-    };
+    ingest_config.broker = broker.clone();
     let ingest = tokio::spawn(loopline_ingest::run(
         ingest_config,
         ingest_token.clone(),
@@ -182,19 +201,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let agent_stats = Arc::new(AgentStats::new());
     let agent_token = CancellationToken::new();
     let mut agents = Vec::new();
-    for line in 1..=args.lines.get() {
-        let config = AgentConfig {
-            broker: broker.clone(),
-            site: SITE.to_owned(),
-            line: format!("line-{line}"),
-            devices: (1..=args.devices_per_line.get())
-                .map(|d| format!("dev-{d}"))
-                .collect(),
-            sample_rate_hz: args.sample_rate_hz,
-            batch_interval: args.batch_interval,
-            seed: args.seed,
-            ..AgentConfig::default()
-        };
+    for mut config in agent_configs {
+        config.broker = broker.clone();
         agents.push(tokio::spawn(loopline_agent::run(
             config,
             None,

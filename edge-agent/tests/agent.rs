@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -152,11 +152,7 @@ struct Broker {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loopline_common::embedded_broker::free_port().unwrap()
 }
 
 fn mosquitto_wanted() -> Option<bool> {
@@ -446,11 +442,7 @@ async fn a_broker_restart_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_without_a_broker_counts_what_is_lost() {
     // A port nothing listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = AgentConfig {
         broker: BrokerUrl::new("127.0.0.1", port),
         batch_interval: Duration::from_millis(50),

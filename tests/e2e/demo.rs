@@ -63,3 +63,21 @@ fn demo_summary_matches_the_lake() {
         assert_eq!(seqs, (0..=last).collect(), "{d}: seq not contiguous from 0");
     }
 }
+
+/// A bad setting is refused before the demo touches the lake or starts anything, with the
+/// key named, rather than after the whole --duration.
+#[test]
+fn demo_refuses_bad_settings_up_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let output = Command::new(bin("loopline", "loopline"))
+        .args(["demo", "--duration", "60s", "--batch-interval", "1ms"])
+        .arg("--lake")
+        .arg(&lake)
+        .output()
+        .expect("running loopline demo");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("batch_interval"), "{stderr}");
+    assert!(!lake.exists(), "the lake was created for a refused run");
+}
