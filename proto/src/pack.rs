@@ -160,7 +160,7 @@ impl Channel {
         }
         if let Some((index, &code)) =
             self.quality.iter().enumerate().find(|(_, code)| {
-                Quality::try_from(**code as i32).is_err() || **code > i32::MAX as u32
+                i32::try_from(**code).map_or(true, |c| Quality::try_from(c).is_err())
             })
         {
             return Err(PackError::UnknownQuality {
