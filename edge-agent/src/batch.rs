@@ -121,6 +121,7 @@ impl Sealer {
                 ..DeviceHealth::default()
             }),
             sealed_ts_us,
+            sim_labels: Vec::new(),
         };
         Some(SealedBatch {
             seq,

@@ -358,6 +358,7 @@ async fn publishes_exactly_n_contiguous_batches_per_device() {
                 .entry(parsed.device.device)
                 .or_default()
                 .push(DeviceStatus::decode(payload.as_slice()).unwrap()),
+            Kind::Model | Kind::ModelReport => {}
         }
     }
     for (name, device) in ["a", "b"].iter().zip(&report.devices) {

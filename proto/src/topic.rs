@@ -17,6 +17,9 @@ pub const TELEMETRY_FILTER: &str = "loopline/v1/+/+/+/telemetry";
 /// Subscription filter for every device's status.
 pub const STATUS_FILTER: &str = "loopline/v1/+/+/+/status";
 
+/// Subscription filter for every device's model report.
+pub const MODEL_REPORT_FILTER: &str = "loopline/v1/+/+/+/model/report";
+
 /// Longest identity segment accepted, in bytes.
 pub const MAX_SEGMENT_LEN: usize = 64;
 
@@ -27,6 +30,10 @@ pub enum Kind {
     Telemetry,
     /// `DeviceStatus`, retained; also the agent's Last Will.
     Status,
+    /// `ModelRelease` for this one device (a canary), dispatch → agent, retained.
+    Model,
+    /// `ModelReport`, agent → dispatch, retained (`.../{device}/model/report`).
+    ModelReport,
 }
 
 impl Kind {
@@ -35,13 +42,17 @@ impl Kind {
         match self {
             Kind::Telemetry => "telemetry",
             Kind::Status => "status",
+            Kind::Model => "model",
+            Kind::ModelReport => "model/report",
         }
     }
 
-    fn parse(level: &str) -> Option<Kind> {
-        match level {
+    fn parse(levels: &str) -> Option<Kind> {
+        match levels {
             "telemetry" => Some(Kind::Telemetry),
             "status" => Some(Kind::Status),
+            "model" => Some(Kind::Model),
+            "model/report" => Some(Kind::ModelReport),
             _ => None,
         }
     }
@@ -58,7 +69,9 @@ impl fmt::Display for Kind {
 pub enum TopicError {
     #[error("topic {topic:?} is not under {NAMESPACE}/{{site}}/{{line}}/{{device}}/{{kind}}")]
     NotLoopline { topic: String },
-    #[error("topic {topic:?} ends in unknown kind {kind:?} (expected telemetry or status)")]
+    #[error(
+        "topic {topic:?} ends in unknown kind {kind:?} (expected telemetry, status, model or model/report)"
+    )]
     UnknownKind { topic: String, kind: String },
     #[error("{what} {value:?} is not a valid identity segment: {reason}")]
     BadSegment {
@@ -129,6 +142,11 @@ impl fmt::Display for DeviceId {
     }
 }
 
+/// `loopline/v1/{site}/{line}/model`: the retained model release for every device of a line.
+pub fn line_model_topic(site: &str, line: &str) -> String {
+    format!("{NAMESPACE}/{site}/{line}/model")
+}
+
 /// `$share/{group}/loopline/v1/+/+/+/telemetry`: one MQTT shared subscription that several
 /// ingest processes split between them.
 pub fn shared_telemetry_filter(group: &str) -> String {
@@ -163,16 +181,15 @@ pub fn parse(topic: &str) -> Result<DeviceTopic, TopicError> {
         .strip_prefix(NAMESPACE)
         .and_then(|r| r.strip_prefix('/'))
         .ok_or_else(not_ours)?;
-    let mut levels = rest.split('/');
-    let (Some(site), Some(line), Some(device), Some(kind), None) = (
-        levels.next(),
-        levels.next(),
-        levels.next(),
-        levels.next(),
-        levels.next(),
-    ) else {
+    let mut levels = rest.splitn(4, '/');
+    let (Some(site), Some(line), Some(device), Some(kind)) =
+        (levels.next(), levels.next(), levels.next(), levels.next())
+    else {
         return Err(not_ours());
     };
+    if kind.is_empty() || (kind.contains('/') && Kind::parse(kind).is_none()) {
+        return Err(not_ours());
+    }
     let device = DeviceId::checked(site, line, device)?;
     let kind = Kind::parse(kind).ok_or_else(|| TopicError::UnknownKind {
         topic: topic.to_owned(),
@@ -195,6 +212,14 @@ mod tests {
         assert_eq!(parsed.device, id);
         assert_eq!(parsed.kind, Kind::Telemetry);
         assert_eq!(parse(&id.topic(Kind::Status)).unwrap().kind, Kind::Status);
+        let report = id.topic(Kind::ModelReport);
+        assert_eq!(report, "loopline/v1/plant-1/line_a/press.07/model/report");
+        assert_eq!(parse(&report).unwrap().kind, Kind::ModelReport);
+        assert_eq!(parse(&id.topic(Kind::Model)).unwrap().kind, Kind::Model);
+        assert_eq!(
+            line_model_topic("plant-1", "line_a"),
+            "loopline/v1/plant-1/line_a/model"
+        );
     }
 
     #[test]

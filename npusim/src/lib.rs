@@ -1,0 +1,1 @@
+//! Loopline's NPU device simulator: latency, power, thermal throttling and faults of real edge accelerators.
