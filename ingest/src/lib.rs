@@ -3,16 +3,25 @@
 //! How this crate is laid out:
 //! - [`config`]: what the ingester can be told, with defaults and checks.
 //! - [`cli`]: the command line, merged over the config file and the environment.
-//! - [`validate`]: decoding and checking one message; every rejection has a reason.
-//! - [`telemetry`]: the narrow `telemetry` table's schema and the row buffer of one file.
-//! - [`writer`]: partitions, rolling, durable file commits and the commit log.
+//! - [`validate`]: decoding and checking one message; every rejection has a reason, and an
+//!   out-of-range inference, health snapshot or label is left out without losing the samples.
+//! - [`table`]: what every table shares: the row buffer contract, dictionary strings, reading
+//!   a file back.
+//! - [`telemetry`], [`inference`], [`device_health`], [`sim_labels`]: one module per table:
+//!   its schema, the row buffer of one file, and `read_file` to read one back.
+//! - [`writer`]: partitions, rolling, durable file commits and the commit log, once for every
+//!   table.
 //! - [`service`]: the running process: MQTT task, bounded queue, writer task, shutdown.
 //! - [`stats`]: counters shared with whoever watches (progress line, exit report).
 
 pub mod cli;
 pub mod config;
+pub mod device_health;
+pub mod inference;
 pub mod service;
+pub mod sim_labels;
 pub mod stats;
+pub mod table;
 pub mod telemetry;
 pub mod validate;
 pub mod writer;

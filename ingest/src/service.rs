@@ -96,11 +96,16 @@ pub async fn run(
     if let Some(path) = &config.report_file {
         write_report(path, &report)?;
     }
+    let stats = &report.stats;
     tracing::info!(
-        messages = report.stats.messages_received,
-        rejected = report.stats.rejected_total(),
-        rows = report.stats.rows_committed,
-        files = report.stats.files_committed,
+        messages = stats.messages_received,
+        rejected = stats.rejected_total(),
+        rows = stats.rows_committed,
+        files = stats.files_committed,
+        inference_rows = stats.table(crate::inference::TABLE).rows_committed,
+        device_health_rows = stats.table(crate::device_health::TABLE).rows_committed,
+        sim_label_rows = stats.table(crate::sim_labels::TABLE).rows_committed,
+        parts_dropped = stats.rows_dropped_total(),
         "ingest stopped; every accepted sample is committed"
     );
     Ok(report)
@@ -222,14 +227,14 @@ async fn writer_task(
     mut rx: mpsc::Receiver<Received>,
     stats: Arc<IngestStats>,
 ) -> Result<()> {
-    let mut reasons_seen = HashSet::new();
+    let mut logged = Logged::default();
     let result = async {
         loop {
             let next_roll = writer.next_roll();
             tokio::select! {
                 message = rx.recv() => {
                     let Some(message) = message else { break };
-                    handle(&config, &mut writer, &stats, &mut reasons_seen, message)?;
+                    handle(&config, &mut writer, &stats, &mut logged, message)?;
                 }
                 () = sleep_until(next_roll) => {
                     let committed = tokio::task::block_in_place(|| writer.roll_due(Instant::now()))?;
@@ -259,11 +264,18 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Causes already logged at WARN: each is logged once, then counted and logged at DEBUG.
+#[derive(Debug, Default)]
+struct Logged {
+    reasons: HashSet<RejectReason>,
+    dropped_tables: HashSet<&'static str>,
+}
+
 fn handle(
     config: &IngestConfig,
     writer: &mut LakeWriter,
     stats: &IngestStats,
-    reasons_seen: &mut HashSet<RejectReason>,
+    logged: &mut Logged,
     message: Received,
 ) -> Result<()> {
     stats.received();
@@ -276,13 +288,26 @@ fn handle(
     match validate::check(&message.topic, &message.payload, limits) {
         Ok(accepted) => {
             stats.accepted(accepted.samples);
+            for part in &accepted.dropped {
+                stats.dropped(part.table, part.rows as u64);
+                if logged.dropped_tables.insert(part.table) {
+                    tracing::warn!(
+                        table = part.table,
+                        rows = part.rows,
+                        detail = %part.detail,
+                        "left out-of-range rows out of an accepted message; its samples are kept (logged once per table; all are counted)"
+                    );
+                } else {
+                    tracing::debug!(table = part.table, rows = part.rows, detail = %part.detail, "left out-of-range rows out");
+                }
+            }
             let committed =
                 tokio::task::block_in_place(|| writer.append(&accepted.batch, Instant::now()))?;
             record(stats, &committed);
         }
         Err(rejection) => {
             stats.rejected(rejection.reason);
-            if reasons_seen.insert(rejection.reason) {
+            if logged.reasons.insert(rejection.reason) {
                 tracing::warn!(
                     reason = %rejection.reason,
                     detail = %rejection.detail,
@@ -298,6 +323,6 @@ fn handle(
 
 fn record(stats: &IngestStats, committed: &[crate::writer::CommitRecord]) {
     for file in committed {
-        stats.committed(file.rows, file.bytes);
+        stats.committed(&file.table, file.rows, file.bytes);
     }
 }

@@ -9,16 +9,17 @@
 //! strings. Rows of one file are sorted by (device, sensor, ts), then (boot_id, seq) to make
 //! the order total. `docs/lake.md` is the user-facing reference; change both together.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use arrow_array::types::Int32Type;
-use arrow_array::{
-    ArrayRef, DictionaryArray, Float64Array, Int16Array, Int32Array, Int64Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray,
-};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_array::{ArrayRef, Float64Array, Int16Array, Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use loopline_proto::v1::TelemetryBatch;
+
+pub use crate::table::ReadError;
+use crate::table::{
+    FileBatches, FromBatch, Interner, RowBuffer, TsRange, dict_type, distinct_hours, hour_of,
+    sorted_order, take, timestamps, ts_type,
+};
 
 /// Name of the table's folder under the lake root.
 pub const TABLE: &str = "telemetry";
@@ -34,73 +35,22 @@ pub mod col {
     pub const SEQ: usize = 6;
 }
 
-fn dict() -> DataType {
-    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
-}
-
 /// The Arrow schema of the table as Loopline writes it.
 pub fn schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
         .get_or_init(|| {
             Arc::new(Schema::new(vec![
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    false,
-                ),
-                Field::new("device", dict(), false),
-                Field::new("sensor", dict(), false),
+                Field::new("ts", ts_type(), false),
+                Field::new("device", dict_type(), false),
+                Field::new("sensor", dict_type(), false),
                 Field::new("value", DataType::Float64, false),
                 Field::new("quality", DataType::Int16, false),
-                Field::new("boot_id", dict(), false),
+                Field::new("boot_id", dict_type(), false),
                 Field::new("seq", DataType::Int64, false),
             ]))
         })
         .clone()
-}
-
-/// Strings of one column, each stored once.
-#[derive(Debug, Default)]
-struct Interner {
-    ids: HashMap<Box<str>, i32>,
-    values: Vec<Box<str>>,
-}
-
-impl Interner {
-    fn intern(&mut self, value: &str) -> i32 {
-        if let Some(id) = self.ids.get(value) {
-            return *id;
-        }
-        let id = self.values.len() as i32;
-        self.values.push(value.into());
-        self.ids.insert(value.into(), id);
-        id
-    }
-
-    /// Rank of each id in the strings' lexicographic order.
-    fn ranks(&self) -> Vec<u32> {
-        let mut order: Vec<usize> = (0..self.values.len()).collect();
-        order.sort_unstable_by(|a, b| self.values[*a].cmp(&self.values[*b]));
-        let mut ranks = vec![0; order.len()];
-        for (rank, id) in order.into_iter().enumerate() {
-            ranks[id] = rank as u32;
-        }
-        ranks
-    }
-
-    fn dictionary(&self, keys: Vec<i32>) -> ArrayRef {
-        let values = StringArray::from_iter_values(self.values.iter().map(|v| &**v));
-        // Keys come from `intern`, so every key is in range of `values`.
-        Arc::new(DictionaryArray::<Int32Type>::new(
-            Int32Array::from(keys),
-            Arc::new(values),
-        ))
-    }
-
-    fn heap_size(&self) -> usize {
-        self.values.iter().map(|v| 2 * v.len() + 48).sum()
-    }
 }
 
 /// Rows of one partition (site, line, hour) waiting to become one file. Site and line are
@@ -117,8 +67,7 @@ pub struct TelemetryBuffer {
     devices: Interner,
     sensors: Interner,
     boot_ids: Interner,
-    min_ts_us: i64,
-    max_ts_us: i64,
+    range: TsRange,
 }
 
 /// Bytes one buffered row costs, for the memory budget.
@@ -142,13 +91,7 @@ impl TelemetryBuffer {
             };
             let sensor = self.sensors.intern(&channel.sensor);
             for sample in samples.filter(|s| keep(s.ts_us)) {
-                if self.ts.is_empty() {
-                    self.min_ts_us = sample.ts_us;
-                    self.max_ts_us = sample.ts_us;
-                } else {
-                    self.min_ts_us = self.min_ts_us.min(sample.ts_us);
-                    self.max_ts_us = self.max_ts_us.max(sample.ts_us);
-                }
+                self.range.add(sample.ts_us);
                 self.ts.push(sample.ts_us);
                 self.device.push(device);
                 self.sensor.push(sensor);
@@ -160,36 +103,40 @@ impl TelemetryBuffer {
         }
         self.ts.len() - before
     }
+}
 
-    pub fn rows(&self) -> usize {
+impl RowBuffer for TelemetryBuffer {
+    const TABLE: &'static str = TABLE;
+    const PARTITION_TS: &'static str = "ts";
+    const SORTED_BY: &'static [&'static str] = &["device", "sensor", "ts"];
+    const DELTA_COLUMNS: &'static [&'static str] = &["ts", "seq"];
+    const PLAIN_COLUMNS: &'static [&'static str] = &["value"];
+
+    fn schema() -> SchemaRef {
+        schema()
+    }
+
+    fn rows(&self) -> usize {
         self.ts.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ts.is_empty()
+    fn ts_range(&self) -> (i64, i64) {
+        self.range.get()
     }
 
-    /// Smallest and largest sample timestamp buffered.
-    pub fn ts_range(&self) -> (i64, i64) {
-        (self.min_ts_us, self.max_ts_us)
-    }
-
-    /// Approximate heap bytes held.
-    pub fn heap_size(&self) -> usize {
+    fn heap_size(&self) -> usize {
         self.ts.capacity() * ROW_BYTES
             + self.devices.heap_size()
             + self.sensors.heap_size()
             + self.boot_ids.heap_size()
     }
 
-    /// The buffered rows as one record batch, sorted by (device, sensor, ts, boot_id, seq).
-    pub fn to_record_batch(&self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    /// Sorted by (device, sensor, ts, boot_id, seq).
+    fn to_record_batch(&self) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let device_rank = self.devices.ranks();
         let sensor_rank = self.sensors.ranks();
         let boot_rank = self.boot_ids.ranks();
-        let mut order: Vec<u32> = (0..self.ts.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| {
-            let i = i as usize;
+        let order = sorted_order(self.ts.len(), |i| {
             (
                 device_rank[self.device[i] as usize],
                 sensor_rank[self.sensor[i] as usize],
@@ -198,28 +145,33 @@ impl TelemetryBuffer {
                 self.seq[i],
             )
         });
-        let take_i32 = |col: &[i32]| order.iter().map(|&i| col[i as usize]).collect::<Vec<_>>();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(
-                TimestampMicrosecondArray::from_iter_values(
-                    order.iter().map(|&i| self.ts[i as usize]),
-                )
-                .with_timezone("UTC"),
-            ),
-            self.devices.dictionary(take_i32(&self.device)),
-            self.sensors.dictionary(take_i32(&self.sensor)),
-            Arc::new(Float64Array::from_iter_values(
-                order.iter().map(|&i| self.value[i as usize]),
-            )),
-            Arc::new(Int16Array::from_iter_values(
-                order.iter().map(|&i| self.quality[i as usize]),
-            )),
-            self.boot_ids.dictionary(take_i32(&self.boot_id)),
-            Arc::new(Int64Array::from_iter_values(
-                order.iter().map(|&i| self.seq[i as usize]),
-            )),
+            timestamps(take(&order, &self.ts)),
+            self.devices.dictionary(take(&order, &self.device)),
+            self.sensors.dictionary(take(&order, &self.sensor)),
+            Arc::new(Float64Array::from(take(&order, &self.value))),
+            Arc::new(Int16Array::from(take(&order, &self.quality))),
+            self.boot_ids.dictionary(take(&order, &self.boot_id)),
+            Arc::new(Int64Array::from(take(&order, &self.seq))),
         ];
         RecordBatch::try_new(schema(), columns)
+    }
+}
+
+impl FromBatch for TelemetryBuffer {
+    fn hours(batch: &TelemetryBatch) -> Vec<i64> {
+        distinct_hours(|| {
+            batch
+                .channels
+                .iter()
+                .filter_map(|c| c.samples(batch.base_ts_us).ok())
+                .flatten()
+                .map(|s| s.ts_us)
+        })
+    }
+
+    fn append_hour(&mut self, batch: &TelemetryBatch, hour: i64) -> usize {
+        self.append(batch, |ts| hour_of(ts) == hour)
     }
 }
 
@@ -240,45 +192,14 @@ pub struct TelemetryRow {
 /// Reads every row of one telemetry file, checking that its columns have the types this
 /// module writes. `site` and `line` come from the file's `site=`/`line=` path levels.
 pub fn read_file(path: &std::path::Path) -> Result<Vec<TelemetryRow>, ReadError> {
-    use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, Int16Type, Int64Type, TimestampMicrosecondType};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    let bad = |message: String| ReadError {
-        path: path.to_owned(),
-        message,
-    };
-    let text = path.to_string_lossy();
-    let level = |key: &str| {
-        text.split('/')
-            .find_map(|l| l.strip_prefix(key))
-            .map(str::to_owned)
-            .ok_or_else(|| bad(format!("no {key} level in the path")))
-    };
-    let (site, line) = (level("site=")?, level("line=")?);
-    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| bad(e.to_string()))?;
+    let file = FileBatches::read(path)?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(e.to_string()))?;
-        let column = |name: &str, want: &DataType| {
-            let column = batch
-                .column_by_name(name)
-                .ok_or_else(|| bad(format!("no column {name}")))?;
-            if column.data_type() != want || column.null_count() > 0 {
-                return Err(bad(format!(
-                    "column {name} is {} with {} nulls, expected non-null {want}",
-                    column.data_type(),
-                    column.null_count()
-                )));
-            }
-            Ok(column.clone())
-        };
-        let ts_type = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        let ts = column("ts", &ts_type)?;
+    for batch in &file.batches {
+        let column = |name: &str, want: &DataType| file.column(batch, name, want, false);
+        let ts = column("ts", &ts_type())?;
         let device = column("device", &DataType::Utf8)?;
         let sensor = column("sensor", &DataType::Utf8)?;
         let value = column("value", &DataType::Float64)?;
@@ -299,8 +220,8 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<TelemetryRow>, ReadError>
         for i in 0..batch.num_rows() {
             rows.push(TelemetryRow {
                 ts_us: ts.value(i),
-                site: site.clone(),
-                line: line.clone(),
+                site: file.site.clone(),
+                line: file.line.clone(),
                 device: device.value(i).to_owned(),
                 sensor: sensor.value(i).to_owned(),
                 value: value.value(i),
@@ -311,12 +232,4 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<TelemetryRow>, ReadError>
         }
     }
     Ok(rows)
-}
-
-/// A telemetry file that cannot be read back as this module wrote it.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ReadError {
-    pub path: std::path::PathBuf,
-    pub message: String,
 }

@@ -3,13 +3,20 @@
 //! Every message either becomes an [`Accepted`] batch whose columns were all checked, or a
 //! [`Rejection`] with a [`RejectReason`] and a detail naming what was wrong. Nothing here does
 //! I/O or keeps state, so the rules are tested without a broker.
+//!
+//! The samples decide a message's fate; the parts bound for the other tables do not. An
+//! inference result, health snapshot or simulation label that is out of range (a NaN score, a
+//! negative power, a label that ends before it starts) is removed from the accepted batch and
+//! reported as a [`DroppedPart`], so one bad float from the NPU never costs the batch's
+//! telemetry. A structural fault (columns that do not fit, a bad identity) still rejects the
+//! whole message: then nothing in it can be trusted.
 
 use std::fmt;
 
 use loopline_proto::Message;
 use loopline_proto::pack::PackError;
 use loopline_proto::topic::{self, Kind};
-use loopline_proto::v1::{SCHEMA_VERSION, TelemetryBatch};
+use loopline_proto::v1::{DeviceHealth, InferenceResult, SCHEMA_VERSION, SimLabel, TelemetryBatch};
 
 /// Earliest sample timestamp accepted: 2000-01-01T00:00:00Z. Earlier ones are a device
 /// whose clock was never set.
@@ -90,9 +97,24 @@ impl fmt::Display for Rejection {
 /// A batch whose every column was checked; safe to convert without further checks.
 #[derive(Debug, Clone)]
 pub struct Accepted {
+    /// The batch, less the parts in `dropped`, with a health snapshot's missing timestamp
+    /// filled in from `sealed_ts_us`.
     pub batch: TelemetryBatch,
     /// Samples over all channels.
     pub samples: usize,
+    /// What was left out of the other tables, at most one entry per table.
+    pub dropped: Vec<DroppedPart>,
+}
+
+/// Rows of one table left out of an accepted batch because they were out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedPart {
+    /// The table the rows were bound for (`inference`, `device_health`, `sim_labels`).
+    pub table: &'static str,
+    /// How many rows were left out.
+    pub rows: usize,
+    /// What was wrong with the first of them, naming the topic.
+    pub detail: String,
 }
 
 /// Limits a message is checked against.
@@ -208,7 +230,152 @@ pub fn check(topic: &str, payload: &[u8], limits: Limits) -> Result<Accepted, Re
         }
         samples += channel.values.len();
     }
-    Ok(Accepted { batch, samples })
+    let mut batch = batch;
+    let dropped = check_parts(topic, &mut batch, limits);
+    Ok(Accepted {
+        batch,
+        samples,
+        dropped,
+    })
+}
+
+/// Removes the inference results, health snapshot and labels that the lake cannot take, and
+/// says what went.
+fn check_parts(topic: &str, batch: &mut TelemetryBatch, limits: Limits) -> Vec<DroppedPart> {
+    let mut dropped = Vec::new();
+    let window = MIN_TS_US..=limits.max_ts_us;
+
+    let mut first = None;
+    let mut index = 0;
+    batch.inferences.retain(|r| {
+        let problem = inference_problem(r, &window);
+        if let Some(problem) = &problem {
+            first.get_or_insert_with(|| format!("{topic}: inference {index}: {problem}"));
+        }
+        index += 1;
+        problem.is_none()
+    });
+    if let Some(detail) = first {
+        dropped.push(DroppedPart {
+            table: crate::inference::TABLE,
+            rows: index - batch.inferences.len(),
+            detail,
+        });
+    }
+
+    if let Some(health) = batch.health.as_mut() {
+        // proto3 has no "unset" for an integer: 0 means the agent did not stamp the snapshot,
+        // which it takes when it seals the batch.
+        if health.ts_us == 0 {
+            health.ts_us = batch.sealed_ts_us;
+        }
+        if let Some(problem) = health_problem(health, &window) {
+            batch.health = None;
+            dropped.push(DroppedPart {
+                table: crate::device_health::TABLE,
+                rows: 1,
+                detail: format!("{topic}: health: {problem}"),
+            });
+        }
+    }
+
+    let mut first = None;
+    let mut index = 0;
+    batch.sim_labels.retain(|l| {
+        let problem = label_problem(l, &window);
+        if let Some(problem) = &problem {
+            first.get_or_insert_with(|| format!("{topic}: sim label {index}: {problem}"));
+        }
+        index += 1;
+        problem.is_none()
+    });
+    if let Some(detail) = first {
+        dropped.push(DroppedPart {
+            table: crate::sim_labels::TABLE,
+            rows: index - batch.sim_labels.len(),
+            detail,
+        });
+    }
+    dropped
+}
+
+fn ts_problem(what: &str, ts: i64, window: &std::ops::RangeInclusive<i64>) -> Option<String> {
+    (!window.contains(&ts)).then(|| {
+        format!(
+            "{what} {ts} µs is outside {}..={}",
+            window.start(),
+            window.end()
+        )
+    })
+}
+
+fn inference_problem(
+    r: &InferenceResult,
+    window: &std::ops::RangeInclusive<i64>,
+) -> Option<String> {
+    if let Some(p) = ts_problem("window_end_us", r.window_end_us, window) {
+        return Some(p);
+    }
+    if r.window_start_us < *window.start() || r.window_start_us > r.window_end_us {
+        return Some(format!(
+            "window_start_us {} is not in {}..=window_end_us ({})",
+            r.window_start_us,
+            window.start(),
+            r.window_end_us
+        ));
+    }
+    (!r.score.is_finite()).then(|| format!("score is {} (must be finite)", r.score))
+}
+
+fn health_problem(h: &DeviceHealth, window: &std::ops::RangeInclusive<i64>) -> Option<String> {
+    if let Some(p) = ts_problem("ts_us", h.ts_us, window) {
+        return Some(p);
+    }
+    for (name, value) in [
+        ("npu_utilisation", h.npu_utilisation),
+        ("npu_temperature_c", h.npu_temperature_c),
+        ("npu_power_w", h.npu_power_w),
+        ("npu_fps", h.npu_fps),
+    ] {
+        if !value.is_finite() {
+            return Some(format!("{name} is {value} (must be finite)"));
+        }
+    }
+    if !(0.0..=1.0).contains(&h.npu_utilisation) {
+        return Some(format!(
+            "npu_utilisation {} is outside 0..=1",
+            h.npu_utilisation
+        ));
+    }
+    if h.npu_power_w < 0.0 || h.npu_fps < 0.0 {
+        return Some(format!(
+            "npu_power_w {} and npu_fps {} must not be negative",
+            h.npu_power_w, h.npu_fps
+        ));
+    }
+    crate::device_health::u64_fields(h)
+        .into_iter()
+        .find(|(_, v)| i64::try_from(*v).is_err())
+        .map(|(name, v)| format!("{name} {v} exceeds 2^63 - 1"))
+}
+
+fn label_problem(l: &SimLabel, window: &std::ops::RangeInclusive<i64>) -> Option<String> {
+    if let Some(p) = ts_problem("start_us", l.start_us, window) {
+        return Some(p);
+    }
+    if l.end_us <= l.start_us || l.end_us > *window.end() {
+        return Some(format!(
+            "end_us {} must be after start_us {} and at most {}",
+            l.end_us,
+            l.start_us,
+            window.end()
+        ));
+    }
+    if l.fault.is_empty() {
+        return Some("no fault kind".into());
+    }
+    (!(0.0..=1.0).contains(&l.severity))
+        .then(|| format!("severity {} is outside 0..=1", l.severity))
 }
 
 #[cfg(test)]
@@ -326,6 +493,147 @@ mod tests {
         let mut b = good;
         b.base_ts_us = 0;
         assert_eq!(reason(TOPIC, &b), RejectReason::OutOfRange);
+    }
+
+    fn with_parts() -> TelemetryBatch {
+        let mut b = good_batch();
+        b.sealed_ts_us = NOW_US + 20_000;
+        b.inferences = (0..3)
+            .map(|i| InferenceResult {
+                window_start_us: NOW_US + i * 1000,
+                window_end_us: NOW_US + i * 1000 + 999,
+                score: 0.25 * i as f32,
+                anomaly: i == 2,
+                model_version: "m1".into(),
+                latency_us: 700,
+            })
+            .collect();
+        b.health = Some(DeviceHealth {
+            ts_us: NOW_US + 10_000,
+            npu_utilisation: 0.5,
+            npu_temperature_c: 61.0,
+            npu_power_w: 2.5,
+            spool_pending: 4,
+            ..Default::default()
+        });
+        b.sim_labels = vec![SimLabel {
+            start_us: NOW_US,
+            end_us: NOW_US + 10_000,
+            fault: "imbalance".into(),
+            severity: 0.3,
+            sensor: String::new(),
+        }];
+        b
+    }
+
+    fn accept(b: &TelemetryBatch) -> Accepted {
+        check(TOPIC, &b.encode_to_vec(), limits()).unwrap()
+    }
+
+    #[test]
+    fn good_parts_pass_untouched() {
+        let b = with_parts();
+        let accepted = accept(&b);
+        assert!(accepted.dropped.is_empty(), "{:?}", accepted.dropped);
+        assert_eq!(accepted.batch, b);
+    }
+
+    #[test]
+    fn a_bad_part_is_dropped_and_the_samples_kept() {
+        let mut b = with_parts();
+        b.inferences[1].score = f32::NAN;
+        b.health.as_mut().unwrap().npu_temperature_c = f32::INFINITY;
+        b.sim_labels[0].end_us = b.sim_labels[0].start_us;
+        let accepted = accept(&b);
+        assert_eq!(accepted.samples, 10);
+        assert_eq!(accepted.batch.channels, b.channels);
+        assert_eq!(
+            accepted
+                .batch
+                .inferences
+                .iter()
+                .map(|r| r.window_start_us)
+                .collect::<Vec<_>>(),
+            vec![NOW_US, NOW_US + 2000]
+        );
+        assert_eq!(accepted.batch.health, None);
+        assert!(accepted.batch.sim_labels.is_empty());
+        let summary: Vec<(&str, usize)> =
+            accepted.dropped.iter().map(|d| (d.table, d.rows)).collect();
+        assert_eq!(
+            summary,
+            vec![("inference", 1), ("device_health", 1), ("sim_labels", 1)]
+        );
+        assert!(
+            accepted.dropped[0]
+                .detail
+                .contains("inference 1: score is NaN"),
+            "{:?}",
+            accepted.dropped[0]
+        );
+        assert!(
+            accepted.dropped[1]
+                .detail
+                .contains("npu_temperature_c is inf"),
+            "{:?}",
+            accepted.dropped[1]
+        );
+        assert!(
+            accepted.dropped[2].detail.starts_with(TOPIC),
+            "{:?}",
+            accepted.dropped[2]
+        );
+    }
+
+    #[test]
+    fn each_part_rule() {
+        let dropped_tables = |b: &TelemetryBatch| -> Vec<&'static str> {
+            accept(b).dropped.iter().map(|d| d.table).collect()
+        };
+        let mut b = with_parts();
+        b.inferences[0].window_start_us = b.inferences[0].window_end_us + 1;
+        assert_eq!(dropped_tables(&b), vec!["inference"]);
+        let mut b = with_parts();
+        b.inferences[2].window_end_us = NOW_US + 3 * 86_400_000_000;
+        assert_eq!(dropped_tables(&b), vec!["inference"]);
+
+        let mut b = with_parts();
+        b.health.as_mut().unwrap().npu_utilisation = 1.5;
+        assert_eq!(dropped_tables(&b), vec!["device_health"]);
+        let mut b = with_parts();
+        b.health.as_mut().unwrap().npu_power_w = -1.0;
+        assert_eq!(dropped_tables(&b), vec!["device_health"]);
+        let mut b = with_parts();
+        b.health.as_mut().unwrap().spool_bytes = u64::MAX;
+        let accepted = accept(&b);
+        assert!(
+            accepted.dropped[0].detail.contains("spool_bytes"),
+            "{:?}",
+            accepted.dropped
+        );
+
+        let mut b = with_parts();
+        b.sim_labels[0].severity = 2.0;
+        assert_eq!(dropped_tables(&b), vec!["sim_labels"]);
+        let mut b = with_parts();
+        b.sim_labels[0].fault.clear();
+        assert_eq!(dropped_tables(&b), vec!["sim_labels"]);
+        let mut b = with_parts();
+        b.sim_labels[0].start_us = 0;
+        assert_eq!(dropped_tables(&b), vec!["sim_labels"]);
+    }
+
+    #[test]
+    fn an_unstamped_health_snapshot_takes_the_seal_time() {
+        let mut b = with_parts();
+        b.health.as_mut().unwrap().ts_us = 0;
+        let accepted = accept(&b);
+        assert!(accepted.dropped.is_empty());
+        assert_eq!(accepted.batch.health.unwrap().ts_us, NOW_US + 20_000);
+
+        b.sealed_ts_us = 0;
+        b.health.as_mut().unwrap().ts_us = 0;
+        assert_eq!(accept(&b).dropped[0].table, "device_health");
     }
 
     #[test]
