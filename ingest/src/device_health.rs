@@ -281,7 +281,7 @@ impl FromBatch for DeviceHealthBuffer {
             // Validated: seq fits in i64.
             seq: batch.seq as i64,
             model_version: self.versions.intern_non_empty(&batch.model_version),
-            health: health.clone(),
+            health: *health,
         });
         1
     }
