@@ -17,7 +17,7 @@
 //! spool.ack(id)?;
 //! assert_eq!(spool.stats().pending_records, 0);
 //! spool.close()?;
-//! # Ok::<(), loopline_spool::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # How this crate is laid out
