@@ -31,6 +31,34 @@
 //! - [`sim`]: [`LineSim`], the per-device state machine that ties them together.
 //!
 //! Nothing here does I/O except [`Scenario::load`]; time is the sample index.
+//!
+//! ```
+//! use std::num::NonZeroU32;
+//! use loopline_linesim::{LabelSpans, LineSim, Scenario, samples_before};
+//!
+//! let scenario = Scenario::named("default")?;
+//! let rate = NonZeroU32::new(1_000).unwrap();
+//! let t0_us = 1_700_000_000_000_000;
+//! let mut sim = LineSim::new(&scenario, 42, "pump-1", rate, t0_us);
+//!
+//! // Catch up to "now" (here 21 s in), as the agent does on each tick.
+//! let now_us = t0_us + 21_000_000;
+//! let mut batch = Vec::new();
+//! sim.fill(samples_before(t0_us, rate, now_us), &mut batch);
+//! assert_eq!(batch.len(), 21_000);
+//!
+//! // Ground truth for evaluation only: run-length spans over the batch.
+//! let mut spans = LabelSpans::new();
+//! for sample in &batch {
+//!     spans.push(sample.ts_us, &sample.label);
+//! }
+//! let spans = spans.take(sim.ts_us(sim.next_k()));
+//! assert_eq!(spans[0].fault, "normal");
+//! assert_eq!(spans[1].fault, "recipe_change"); // 101 -> 102 at 20 s: not a fault
+//! assert_eq!(spans[1].start_us, t0_us + 20_000_000);
+//! assert_eq!(spans[1].end_us, t0_us + 21_000_000);
+//! # Ok::<(), loopline_linesim::Error>(())
+//! ```
 
 pub mod label;
 pub mod physics;
@@ -222,7 +250,10 @@ mod tests {
         for (i, spec) in CHANNELS.iter().enumerate() {
             assert_eq!(channel_index(spec.name), Some(i));
         }
-        assert_eq!(channel_index("speed_setpoint"), Some(channel::SPEED_SETPOINT));
+        assert_eq!(
+            channel_index("speed_setpoint"),
+            Some(channel::SPEED_SETPOINT)
+        );
         assert_eq!(channel_index("nope"), None);
     }
 }

@@ -301,7 +301,7 @@ mod tests {
         let mut p = Phasor::new(0.3, step);
         let mut worst: f64 = 0.0;
         for k in 0..100_000u64 {
-            if k % RESYNC_EVERY == 0 {
+            if k.is_multiple_of(RESYNC_EVERY) {
                 p.resync(step);
             }
             let theta = TAU * (0.3 + k as f64 * step);
@@ -353,12 +353,18 @@ mod tests {
     #[test]
     fn resonance_rings_and_decays_without_dc() {
         let mut r = Resonance::new(320.0, 0.15, 1000.0);
-        let burst: Vec<f64> = (0..100).map(|i| r.next(if i == 0 { 1.0 } else { 0.0 })).collect();
+        let burst: Vec<f64> = (0..100)
+            .map(|i| r.next(if i == 0 { 1.0 } else { 0.0 }))
+            .collect();
         assert_eq!(burst[0], 1.0);
         // It rings: the sign alternates near 320 Hz of a 1 kHz rate.
         assert!(burst[1] < -0.5 && burst[2] > 0.0, "{:?}", &burst[..4]);
         // And dies out within tens of samples (r = exp(-ζω) ≈ 0.74 per sample).
-        assert!(burst[40..].iter().all(|y| y.abs() < 1e-4), "{:?}", &burst[40..44]);
+        assert!(
+            burst[40..].iter().all(|y| y.abs() < 1e-4),
+            "{:?}",
+            &burst[40..44]
+        );
         // The differencing zero: a constant excitation gives no lasting output.
         let mut r = Resonance::new(320.0, 0.15, 1000.0);
         let last = (0..200).map(|_| r.next(1.0)).last().unwrap();

@@ -52,9 +52,18 @@ use crate::{CHANNELS, Error, Result, channel, channel_index};
 const BUILT_IN: [(&str, &str); 5] = [
     ("normal", include_str!("../scenarios/normal.toml")),
     ("default", include_str!("../scenarios/default.toml")),
-    ("bearing-wear", include_str!("../scenarios/bearing-wear.toml")),
-    ("sensor-faults", include_str!("../scenarios/sensor-faults.toml")),
-    ("recipe-change", include_str!("../scenarios/recipe-change.toml")),
+    (
+        "bearing-wear",
+        include_str!("../scenarios/bearing-wear.toml"),
+    ),
+    (
+        "sensor-faults",
+        include_str!("../scenarios/sensor-faults.toml"),
+    ),
+    (
+        "recipe-change",
+        include_str!("../scenarios/recipe-change.toml"),
+    ),
 ];
 
 /// Largest recipe id: the recipe channel is an f32, exact for integers up to 2^24.
@@ -305,7 +314,10 @@ impl Scenario {
                 known: Self::NAMES.join(", "),
             });
         };
-        Self::parse(text, format!("built-in `{found}` (linesim/scenarios/{found}.toml)"))
+        Self::parse(
+            text,
+            format!("built-in `{found}` (linesim/scenarios/{found}.toml)"),
+        )
     }
 
     /// Parses a scenario from TOML text; errors call it `<string>`.
@@ -454,7 +466,10 @@ impl ScenarioFile {
             if r.id > MAX_RECIPE_ID {
                 return Err(invalid(
                     format!("recipe[{i}].id"),
-                    format!("is {}; the recipe channel is exact up to {MAX_RECIPE_ID}", r.id),
+                    format!(
+                        "is {}; the recipe channel is exact up to {MAX_RECIPE_ID}",
+                        r.id
+                    ),
                 ));
             }
             if recipes[..i].iter().any(|o| o.id == r.id) {
@@ -468,7 +483,10 @@ impl ScenarioFile {
             if !(0.0..=2.0).contains(&r.load) {
                 return Err(invalid(
                     format!("recipe[{i}].load"),
-                    format!("is {}; must be within 0..=2 (fraction of full load)", r.load),
+                    format!(
+                        "is {}; must be within 0..=2 (fraction of full load)",
+                        r.load
+                    ),
                 ));
             }
         }
@@ -512,7 +530,10 @@ impl ScenarioFile {
             if e.recipe.is_some() && !matches!(kind, EventKind::RecipeChange { .. }) {
                 return Err(invalid(
                     format!("event[{i}].recipe"),
-                    format!("is only for kind = \"recipe_change\", not \"{}\"", kind.name()),
+                    format!(
+                        "is only for kind = \"recipe_change\", not \"{}\"",
+                        kind.name()
+                    ),
                 ));
             }
             let sensor = match (&e.sensor, kind.is_sensor_fault()) {
@@ -538,10 +559,8 @@ impl ScenarioFile {
                         ));
                     }
                     None => {
-                        let sensors: Vec<&str> = CHANNELS[channel::SENSORS]
-                            .iter()
-                            .map(|c| c.name)
-                            .collect();
+                        let sensors: Vec<&str> =
+                            CHANNELS[channel::SENSORS].iter().map(|c| c.name).collect();
                         return Err(invalid(
                             format!("event[{i}].sensor"),
                             format!(
@@ -786,9 +805,15 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = err_of("name = \"x\"\n[machine]\nrated_sped_rpm = 3.0\n");
-        assert!(e.contains("rated_sped_rpm") && e.contains("<string>"), "{e}");
+        assert!(
+            e.contains("rated_sped_rpm") && e.contains("<string>"),
+            "{e}"
+        );
         let e = err_of("name = \"x\"\n[machine]\nthermal_tau = \"ten minutes\"\n");
-        assert!(e.contains("thermal_tau") && e.contains("invalid duration"), "{e}");
+        assert!(
+            e.contains("thermal_tau") && e.contains("invalid duration"),
+            "{e}"
+        );
         let e = err_of("name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"sensor_stuck\"\n");
         assert!(e.contains("`event[0].sensor` is required"), "{e}");
         let e = err_of(
@@ -798,18 +823,27 @@ mod tests {
         let e = err_of(
             "name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"sensor_spike\"\nsensor = \"temp\"\n",
         );
-        assert!(e.contains("`event[0].sensor`") && e.contains("temperature"), "{e}");
-        let e = err_of("name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"recipe_change\"\nrecipe = 9\n");
+        assert!(
+            e.contains("`event[0].sensor`") && e.contains("temperature"),
+            "{e}"
+        );
+        let e =
+            err_of("name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"recipe_change\"\nrecipe = 9\n");
         assert!(e.contains("`event[0].recipe` 9 is not one"), "{e}");
-        let e = err_of("name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"imbalance\"\nseverity = 2.0\n");
+        let e =
+            err_of("name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"imbalance\"\nseverity = 2.0\n");
         assert!(e.contains("`event[0].severity`"), "{e}");
         let e = err_of("name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"meltdown\"\n");
         assert!(e.contains("meltdown"), "{e}");
         let e = err_of("name = \"x\"\n[machine.bearing]\nball_diameter_mm = 50.0\n");
         assert!(e.contains("`machine.bearing.ball_diameter_mm`"), "{e}");
-        let e = err_of("name = \"x\"\n[[recipe]]\nid = 1\nspeed_rpm = 1.0\nload = 0.5\n[[recipe]]\nid = 1\nspeed_rpm = 2.0\nload = 0.5\n");
+        let e = err_of(
+            "name = \"x\"\n[[recipe]]\nid = 1\nspeed_rpm = 1.0\nload = 0.5\n[[recipe]]\nid = 1\nspeed_rpm = 2.0\nload = 0.5\n",
+        );
         assert!(e.contains("`recipe[1].id` 1 appears twice"), "{e}");
-        let e = err_of("name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"sensor_stuck\"\nsensor = \"flow\"\nramp = \"1s\"\n");
+        let e = err_of(
+            "name = \"x\"\n[[event]]\nat = \"1s\"\nkind = \"sensor_stuck\"\nsensor = \"flow\"\nramp = \"1s\"\n",
+        );
         assert!(e.contains("`event[0].ramp` means nothing"), "{e}");
     }
 }

@@ -327,9 +327,9 @@ impl LineSim {
                 });
                 let ramp_samples = e.ramp.as_secs_f64() * rate;
                 let recipe = match e.kind {
-                    EventKind::RecipeChange { recipe } => scenario
-                        .recipe(recipe)
-                        .map(|r| (r.speed_rpm, r.load, r.id)),
+                    EventKind::RecipeChange { recipe } => {
+                        scenario.recipe(recipe).map(|r| (r.speed_rpm, r.load, r.id))
+                    }
                     _ => None,
                 };
                 Scheduled {
@@ -462,7 +462,8 @@ impl LineSim {
         for (i, e) in self.events.iter_mut().enumerate() {
             if e.start_k == k {
                 if let Some((setpoint, load, id)) = e.recipe {
-                    e.severity = ((setpoint - self.setpoint_rpm).abs() / self.setpoint_rpm).min(1.0);
+                    e.severity =
+                        ((setpoint - self.setpoint_rpm).abs() / self.setpoint_rpm).min(1.0);
                     self.setpoint_rpm = setpoint;
                     self.load_factor = load;
                     self.recipe = id;
@@ -491,7 +492,7 @@ impl LineSim {
         if k >= self.next_boundary {
             self.on_boundary(k);
         }
-        if k % RESYNC_EVERY == 0 {
+        if k.is_multiple_of(RESYNC_EVERY) {
             self.shaft
                 .resync(self.speed_rpm * self.d.shaft_step_per_rpm);
             self.mains.resync(self.d.mains_step);
@@ -539,11 +540,10 @@ impl LineSim {
         // structure's resonance, broadband noise.
         let (c, sn) = (self.shaft.cos(), self.shaft.sin());
         let (sin2, cos2) = (2.0 * sn * c, c * c - sn * sn);
-        let mut vibration = s2
-            * (d.imbalance * sn + sin2 * d.misalignment_cos + cos2 * d.misalignment_sin);
+        let mut vibration =
+            s2 * (d.imbalance * sn + sin2 * d.misalignment_cos + cos2 * d.misalignment_sin);
         if imbalance > 0.0 {
-            vibration +=
-                imbalance * s2 * (sn * d.imbalance_fault_cos + c * d.imbalance_fault_sin);
+            vibration += imbalance * s2 * (sn * d.imbalance_fault_cos + c * d.imbalance_fault_sin);
         }
         let step = self.shaft.step();
         let fault_noise = &mut self.fault_noise;
@@ -639,14 +639,16 @@ impl LineSim {
                     }
                 }
                 EventKind::SensorNoise => {
-                    raw[ch] += NOISE_FAULT_SPAN_FRACTION * span * e.current * self.fault_noise.gauss();
+                    raw[ch] +=
+                        NOISE_FAULT_SPAN_FRACTION * span * e.current * self.fault_noise.gauss();
                     quality[ch] = quality[ch].max(Quality::Uncertain);
                 }
                 EventKind::SensorSpike => {
-                    if self.fault_noise.uniform() < e.spike_chance {
-                        let size = span * e.severity * (0.5 + 0.25 * (1.0 + self.fault_noise.signed()));
-                        let sign = if self.fault_noise.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
-                        raw[ch] += sign * size;
+                    // Two draws every sample of the fault: whether, then size and sign.
+                    let hit = self.fault_noise.uniform() < e.spike_chance;
+                    let r = self.fault_noise.signed();
+                    if hit {
+                        raw[ch] += r.signum() * span * e.severity * (0.5 + 0.5 * r.abs());
                     }
                 }
                 EventKind::SensorStuck => held[ch] = Some(i),
