@@ -31,6 +31,20 @@ that differ from the path's, is reported as a warning:
   duckdb/defaults     read_parquet('<tele>/**/*.parquet', hive_partitioning = true)
   polars/defaults     pl.scan_parquet('<tele>/**/*.parquet', hive_partitioning=True)
 
+The tables beside telemetry (inference, device_health, sim_labels; docs/lake.md), each checked
+when its folder exists:
+  <table>/files   same layout; every file's footer has exactly the table's columns, order and
+                  types (timestamps us UTC, counters int64, no ARROW:schema); the files on disk
+                  are exactly those the commit logs (_loopline/commits/*.log) name for the table,
+                  with the rows each record says;
+  <table>/<reader> each of the three readers, hive partitioning with explicit types: the dataset
+                  schema, rows == the footers', no nulls outside the nullable columns
+                  (model_version, sensor), per file the hive values == the path's and the partition
+                  timestamp (ts, or start_ts for sim_labels) inside that hour; DuckDB also checks the
+                  content: each table's row rules (window_start <= ts, finite score, utilisation in
+                  0..1, end_ts > start_ts, ...), no duplicate rows on the table's key, and every
+                  (site, line, device, boot_id) in the summary with its seqs inside first..last_seq.
+
 Exit status: 0 all good, 1 a check failed, 2 bad invocation (missing lake or summary).
 """
 from __future__ import annotations
@@ -461,7 +475,7 @@ def norm_arrow(t) -> str:
         return f"dictionary<{norm_arrow(t.value_type)}>"
     if pa.types.is_date32(t):
         return "date32"
-    return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(str(t), str(t))
+    return {"double": "float64", "float": "float32", "halffloat": "float16"}.get(str(t), str(t))  # bool stays "bool"
 
 
 def pa_explicit_partitioning():
@@ -601,7 +615,7 @@ DUCK_NORM = {"TIMESTAMP WITH TIME ZONE": "timestamp[us,UTC]", "TIMESTAMP": "time
              "TIMESTAMP_MS": "timestamp[ms,naive]", "TIMESTAMP_NS": "timestamp[ns,naive]",
              "TIMESTAMP_S": "timestamp[s,naive]", "TIMESTAMPTZ_NS": "timestamp[ns,UTC]",
              "VARCHAR": "string", "DOUBLE": "float64", "FLOAT": "float32", "SMALLINT": "int16",
-             "INTEGER": "int32", "BIGINT": "int64", "TINYINT": "int8", "DATE": "date32"}
+             "INTEGER": "int32", "BIGINT": "int64", "TINYINT": "int8", "DATE": "date32", "BOOLEAN": "bool"}
 DUCK_HIVE_TYPES = "{'site': 'VARCHAR', 'line': 'VARCHAR', 'date': 'DATE', 'hour': 'INTEGER'}"
 
 
@@ -616,6 +630,8 @@ def norm_parquet(ptype, converted, logical) -> str:
         return "string"
     if ptype == "DOUBLE":
         return "float64"
+    if ptype == "BOOLEAN":
+        return "bool"
     if ptype == "FLOAT":
         return "float32"
     if ptype == "INT32":
@@ -721,7 +737,8 @@ def norm_polars(t) -> str:
         tz = "UTC" if t.time_zone in UTC_NAMES else (t.time_zone or "naive")
         return f"timestamp[{t.time_unit},{tz}]"
     return {pl.String: "string", pl.Float64: "float64", pl.Float32: "float32", pl.Int16: "int16",
-            pl.Int32: "int32", pl.Int64: "int64", pl.Int8: "int8", pl.Date: "date32"}.get(t, str(t))
+            pl.Int32: "int32", pl.Int64: "int64", pl.Int8: "int8", pl.Date: "date32",
+            pl.Boolean: "bool"}.get(t, str(t))
 
 
 def read_polars(tele: Path, disk: Disk, f: Facts) -> str:
@@ -780,6 +797,268 @@ def default_polars(tele: Path):
     g = lf.group_by("site", "line").agg(pl.len().alias("n")).collect(engine="streaming")
     sl = {(r[0], r[1]): r[2] for r in g.iter_rows()}
     return pl.__version__, sum(sl.values()), types, sl
+
+
+# ----------------------------------------------------------------------------- other tables
+@dataclass
+class TableSpec:
+    """A table beside telemetry, as ingest writes it (docs/lake.md)."""
+    schema: list                 # [(column, normalised type)], file order
+    ts: str                      # the partition timestamp column
+    nullable: set                # columns that may hold nulls
+    key: list                    # one row per key (site, line, ... in the dataset)
+    rules: list                  # [(DuckDB SQL that must hold on every row, what a violation means)]
+
+
+TS_US = "timestamp[us,UTC]"
+HEALTH_INTS = ["npu_clock_mhz", "npu_throttle_level", "npu_errors", "latency_p50_us", "latency_p95_us",
+               "latency_p99_us", "npu_ecc_errors", "npu_resets", "npu_failed_inferences", "spool_pending_batches",
+               "spool_bytes", "spool_quarantined_segments", "dropped_samples"]
+TABLES = {
+    "inference": TableSpec(
+        schema=[("ts", TS_US), ("window_start", TS_US), ("device", "string"), ("boot_id", "string"),
+                ("seq", "int64"), ("model_version", "string"), ("score", "float32"), ("anomaly", "bool"),
+                ("latency_us", "int64")],
+        ts="ts", nullable={"model_version"},
+        key=["site", "line", "device", "boot_id", "seq", "window_start", "ts"],
+        rules=[("window_start <= ts", "window_start after ts"), ("isfinite(score)", "score not finite"),
+               ("latency_us >= 0", "negative latency_us")]),
+    "device_health": TableSpec(
+        schema=[("ts", TS_US), ("device", "string"), ("boot_id", "string"), ("seq", "int64"),
+                ("model_version", "string"), ("npu_utilisation", "float32"), ("npu_temperature_c", "float32"),
+                ("npu_power_w", "float32")]
+        + [(c, "int64") for c in HEALTH_INTS[:3]] + [("npu_fps", "float32")]
+        + [(c, "int64") for c in HEALTH_INTS[3:]],
+        ts="ts", nullable={"model_version"},
+        key=["site", "line", "device", "boot_id", "seq"],
+        rules=[("npu_utilisation BETWEEN 0 AND 1", "npu_utilisation outside 0..1"),
+               ("isfinite(npu_temperature_c)", "npu_temperature_c not finite"),
+               ("npu_power_w >= 0 AND npu_fps >= 0", "negative npu_power_w or npu_fps"),
+               (" AND ".join(f"{c} >= 0" for c in HEALTH_INTS), "a negative counter")]),
+    "sim_labels": TableSpec(
+        schema=[("start_ts", TS_US), ("end_ts", TS_US), ("device", "string"), ("boot_id", "string"),
+                ("seq", "int64"), ("fault", "string"), ("severity", "float32"), ("sensor", "string")],
+        ts="start_ts", nullable={"sensor"},
+        key=["site", "line", "device", "boot_id", "seq", "start_ts", "fault", "sensor"],
+        rules=[("end_ts > start_ts", "end_ts not after start_ts"), ("severity BETWEEN 0 AND 1", "severity outside 0..1"),
+               ("fault <> ''", "empty fault")]),
+}
+
+
+def committed_files(lake: Path) -> dict | None:
+    """table -> {path under the table folder: rows}, from every commit log; None without a log folder.
+    A line without a table is telemetry's."""
+    commits = lake / "_loopline" / "commits"
+    if not commits.is_dir():
+        return None
+    out: dict = {}
+    for log in sorted(commits.glob("*.log")):
+        for line in log.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a torn last line: ingest ignores it too
+            table = r.get("table", "telemetry")
+            out.setdefault(table, {})[r["path"].split("/", 1)[-1]] = r.get("rows")
+    return out
+
+
+def check_table_disk(table: str, spec: TableSpec, disk: Disk, committed: dict | None, res: Result) -> None:
+    """Layout, each file's footer schema, and the files on disk against the commit logs."""
+    res.files, res.rows = len(disk.files), disk.rows
+    for rel in disk.files:
+        if rel not in disk.path_keys:
+            res.problem("layout", f"path does not follow site=<s>/line=<l>/date=YYYY-MM-DD/hour=HH/"
+                        f"part-<ingest-id>-<n:08>.parquet: {rel}")
+    for rel in disk.other:
+        res.problem("layout", f"unexpected file in {table}/ (neither part-*.parquet nor .*.tmp): {rel}")
+    want = [n for n, _ in spec.schema]
+    bad: dict = {}  # defect -> [rel paths], one line per defect
+    for rel, md in sorted(disk.meta.items()):
+        got = [(fl.name, norm_arrow(fl.type)) for fl in md.schema.to_arrow_schema()]
+        if [n for n, _ in got] != want:
+            bad.setdefault(f"columns {[n for n, _ in got]} (expected exactly {want})", []).append(rel)
+        for n, t in got:
+            if n in dict(spec.schema) and t != dict(spec.schema)[n]:
+                bad.setdefault(f"column {n} is {t} (expected {dict(spec.schema)[n]})", []).append(rel)
+        if b"ARROW:schema" in (md.metadata or {}):
+            bad.setdefault("an embedded ARROW:schema (the contract says none)", []).append(rel)
+    for what, rels in bad.items():
+        res.problem("file", f"{what} in {len(rels)} of {len(disk.files)} file(s), e.g. {rels[0]}")
+    if committed is None:
+        res.warnings.append(f"no _loopline/commits: {table}/ files not checked against a commit log")
+        return
+    log = committed.get(table, {})
+    for rel in sorted(set(disk.files) - set(log)):
+        res.problem("commit", f"{rel} is on disk but in no commit log")
+    for rel in sorted(set(log) - set(disk.files)):
+        res.problem("commit", f"{rel} is in the commit log but not on disk")
+    for rel in sorted(set(log) & set(disk.meta)):
+        if log[rel] != disk.meta[rel].num_rows:
+            res.problem("commit", f"{rel}: {disk.meta[rel].num_rows} rows, its commit says {log[rel]}")
+
+
+def read_table_pyarrow(path: Path, spec: TableSpec, f: Facts) -> str:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    rel = rel_to(path)
+    dset = ds.dataset(str(path), format="parquet", partitioning=pa_explicit_partitioning())
+    f.schema = [(fl.name, str(fl.type), norm_arrow(fl.type)) for fl in dset.schema]
+    f.files = len(dset.files)
+    cols = [n for n in dset.schema.names]
+    t = dset.to_table(columns=cols + ["__filename"])
+    f.rows = t.num_rows
+    f.nulls = {c: t[c].null_count for c in cols}
+    if t.num_rows:
+        k = pa.table({"f": t["__filename"], "site": t["site"], "line": t["line"],
+                      "date": pc.cast(t["date"], pa.string()), "hour": t["hour"],
+                      "ts": pc.cast(t[spec.ts], pa.int64())})
+        g = k.group_by(["f", "site", "line", "date", "hour"]).aggregate([([], "count_all"), ("ts", "min"), ("ts", "max")])
+        for r in g.to_pylist():
+            f.per_file.setdefault(rel(r["f"]), FileFacts()).add(
+                r["count_all"], r["site"], r["line"], r["date"], r["hour"], r["ts_min"], r["ts_max"])
+    return pa.__version__
+
+
+def read_table_duckdb(path: Path, spec: TableSpec, f: Facts) -> str:
+    import duckdb
+
+    rel = rel_to(path)
+    con = duck_connect()
+    glob = sq(str(path) + "/**/*.parquet")
+    con.execute(f"CREATE TEMP VIEW t AS SELECT * FROM read_parquet({glob}, hive_partitioning = true, "
+                f"filename = true, hive_types = {DUCK_HIVE_TYPES})")
+    f.schema = [(n, ty, DUCK_NORM.get(ty, ty)) for n, ty, *_ in con.execute("DESCRIBE t").fetchall() if n != "filename"]
+    f.files = con.execute(f"SELECT count(*) FROM glob({glob})").fetchone()[0]
+    cols = [n for n, _, _ in f.schema]
+    nulls = ", ".join(f"count(*) - count({c})" for c in cols)
+    rows, *nn = con.execute(f"SELECT count(*), {nulls} FROM t").fetchone()
+    f.rows = rows
+    f.nulls = dict(zip(cols, nn))
+    for fn, site, line, d, h, n, lo, hi in con.execute(
+            f"SELECT filename, site, line, strftime(date, '%Y-%m-%d'), hour, count(*), "
+            f"min(epoch_us({spec.ts})), max(epoch_us({spec.ts})) FROM t GROUP BY ALL").fetchall():
+        f.per_file.setdefault(rel(fn), FileFacts()).add(n, site, line, d, h, lo, hi)
+    # content, once, in this engine: row rules, duplicate keys, device boots and seqs vs the summary
+    for rule, meaning in spec.rules:
+        (n,) = con.execute(f"SELECT count(*) FROM t WHERE NOT ({rule})").fetchone()
+        if n:
+            f.extra.append(("value", f"{n} row(s) with {meaning} (rule: {rule})"))
+    keys = ", ".join(spec.key)
+    (excess,) = con.execute(f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM t "
+                            f"GROUP BY {keys} HAVING count(*) > 1)").fetchone()
+    f.dup_excess = int(excess)
+    for site, line, dev, boot, n, lo, hi in con.execute(
+            "SELECT site, line, device, boot_id, count(*), min(seq), max(seq) FROM t GROUP BY ALL").fetchall():
+        f.groups[(site, line, dev, boot)] = dict(rows=n, min=lo, max=hi)
+    con.close()
+    return duckdb.__version__
+
+
+def read_table_polars(path: Path, spec: TableSpec, f: Facts) -> str:
+    import polars as pl
+
+    rel = rel_to(path)
+    hive_schema = {"site": pl.String, "line": pl.String, "date": pl.Date, "hour": pl.Int32}
+    lf = pl.scan_parquet(str(path) + "/**/*.parquet", hive_partitioning=True, hive_schema=hive_schema,
+                         include_file_paths="__file")
+    f.schema = [(n, str(t), norm_polars(t)) for n, t in lf.collect_schema().items() if n != "__file"]
+    cols = [n for n, _, _ in f.schema]
+    c = pl.col
+    nulls = lf.select(pl.len().alias("__rows"), *[c(x).null_count().alias(x) for x in cols]).collect().row(0, named=True)
+    f.rows = nulls.pop("__rows")
+    f.nulls = nulls
+    files = lf.group_by("__file", "site", "line", "date", "hour").agg(
+        pl.len().alias("n"), c(spec.ts).dt.epoch("us").min().alias("lo"),
+        c(spec.ts).dt.epoch("us").max().alias("hi")).collect()
+    for r in files.iter_rows(named=True):
+        d = r["date"]
+        f.per_file.setdefault(rel(r["__file"]), FileFacts()).add(
+            r["n"], r["site"], r["line"], d.isoformat() if d is not None else None, r["hour"], r["lo"], r["hi"])
+    f.files = files.get_column("__file").n_unique()
+    f.files_note = " (polars only reports files that have rows)"
+    return pl.__version__
+
+
+READ_TABLE = {"pyarrow": read_table_pyarrow, "duckdb": read_table_duckdb, "polars": read_table_polars}
+
+
+def evaluate_table(table: str, spec: TableSpec, f: Facts, summary: dict, disk: Disk, res: Result) -> None:
+    res.rows, res.files = f.rows, f.files
+    got = {n: (raw, norm) for n, raw, norm in f.schema}
+    for name, want in spec.schema + HIVE_SCHEMA:
+        if name not in got:
+            res.problem("type", f"column {name} missing")
+        elif got[name][1] != want:
+            res.problem("type", f"column {name}: {got[name][0]} (expected {want})")
+    extra = [n for n, _, _ in f.schema if n not in dict(spec.schema) and n not in HIVE_COLS]
+    if extra:
+        res.problem("type", f"unexpected dataset column(s) {extra}")
+    if f.rows != disk.rows:
+        res.problem("rows", f"{f.rows} rows, the files' footers say {disk.rows}")
+    if f.files != len(disk.files) and not (f.files_note and f.files == len([m for m in disk.meta.values() if m.num_rows])):
+        res.problem("files", f"reader saw {f.files} files{f.files_note}, {len(disk.files)} on disk")
+    for col, n in sorted(f.nulls.items()):
+        if n and col not in spec.nullable:
+            res.problem("value", f"{n} null(s) in {col}")
+    for rel, ff in sorted(f.per_file.items()):
+        pk = disk.path_keys.get(rel)
+        if pk is None:
+            continue  # layout problem, reported with the files
+        path = (pk["site"], pk["line"], pk["date"], int(pk["hour"]))
+        if ff.hive != {path}:
+            res.problem("hive", f"{rel}: reader exposes (site, line, date, hour) {sorted(ff.hive, key=str)}, "
+                        f"path says {path}")
+        start = dt.datetime.fromisoformat(f"{pk['date']}T{pk['hour']}:00:00+00:00")
+        lo = (start - EPOCH) // dt.timedelta(microseconds=1)
+        if ff.ts_min is not None and (ff.ts_min < lo or ff.ts_max >= lo + HOUR_US):
+            res.problem("hive", f"{rel}: {spec.ts} {fmt_us(ff.ts_min)} .. {fmt_us(ff.ts_max)} outside its "
+                        f"date/hour partition {pk['date']}/{pk['hour']}")
+    # content (only the DuckDB read gathers it)
+    for category, msg in f.extra:
+        res.problem(category, msg)
+    if f.dup_excess:
+        res.problem("dup", f"{f.dup_excess} duplicate row(s) on ({', '.join(spec.key)})")
+    want = summary_devices(summary)
+    for key, g in sorted(f.groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        d = want.get(key)
+        if d is None:
+            res.problem("device", f"{who(key)}: {g['rows']} {table} rows, not in the summary")
+        elif d["first_seq"] is None or g["min"] < d["first_seq"] or g["max"] > d["last_seq"]:
+            res.problem("seq", f"{who(key)}: {table} seq {g['min']}..={g['max']} outside the summary's "
+                        f"{d['first_seq']}..={d['last_seq']}")
+
+
+def run_tables(lake: Path, summary: dict, readers) -> list[Result]:
+    """The tables beside telemetry that the lake has: files and commits, then each reader."""
+    results = []
+    committed = committed_files(lake)
+    for table, spec in TABLES.items():
+        path = lake / table
+        if not path.is_dir():
+            continue
+        fs = Result(f"{table}/files")
+        t0 = time.monotonic()
+        disk = scan_disk(path, fs)
+        check_table_disk(table, spec, disk, committed, fs)
+        fs.seconds = time.monotonic() - t0
+        results.append(fs)
+        for name in readers:
+            res = Result(f"{table}/{LABEL[name]}")
+            t0 = time.monotonic()
+            facts = Facts()
+            try:
+                res.version = READ_TABLE[name](path, spec, facts)
+                evaluate_table(table, spec, facts, summary, disk, res)
+            except Exception as e:  # noqa: BLE001
+                reader_error(res, e, name)
+            del facts
+            release_memory()
+            res.seconds = time.monotonic() - t0
+            results.append(res)
+    return results
 
 
 # ----------------------------------------------------------------------------- main
@@ -842,6 +1121,7 @@ def run(lake: Path, summary: dict, readers=READERS, defaults: bool = True) -> li
             release_memory()
             res.seconds = time.monotonic() - t0
             results.append(res)
+    results.extend(run_tables(lake, summary, readers))
     return results
 
 
@@ -896,8 +1176,10 @@ def main(argv=None) -> int:
     ok = report(results)
     nprob = sum(len(r.problems) for r in results)
     if ok:
+        tables = [t for t in TABLES if (lake / t).is_dir()]
         print(f"check_lake: OK: {len(results) - 1} read(s) agree with the summary "
-              f"({summary.get('rows_committed')} rows, {summary.get('files_committed')} files)")
+              f"({summary.get('rows_committed')} rows, {summary.get('files_committed')} files)"
+              + (f"; tables {', '.join(tables)} checked too" if tables else ""))
         return 0
     print(f"check_lake: FAIL: {nprob} problem(s) in "
           f"{', '.join(r.name for r in results if r.problems)}; see FAIL lines above")

@@ -17,6 +17,11 @@ the same device names in every line (device names are unique only within a site/
 that rebooted (two boot ids, seq restarting at 0), a batch that straddles midnight (date and hour
 change mid-batch), an in-flight .tmp file and the _loopline folder.
 
+Beside telemetry it writes the inference (two windows per batch), device_health (one snapshot
+per batch) and sim_labels (press-2 only) tables, one file per partition, named in the same
+commit log, with nulls where the contract allows them (robot-1's first boot has no
+model_version; machine-fault labels no sensor).
+
 Variants (``VARIANTS``) are the good lake or one deliberate defect; where it makes sense the
 summary is adjusted so that *only* the intended check trips.
 
@@ -85,7 +90,99 @@ VARIANTS = (
     "hour_mismatch",         # one file's rows belong to the next hour
     "files_mismatch",        # summary files_committed off by one
     "rows_mismatch",         # summary rows_committed off by one
+    "telemetry_only",        # passes; no inference, device_health or sim_labels tables at all
+    "inference_ts_naive",    # every inference file has ts with isAdjustedToUTC=false
+    "health_uncommitted",    # one device_health file on disk that no commit log names
+    "labels_bad_span",       # one sim label ends before it starts
 )
+
+# ------------------------------------------------------------------ the tables beside telemetry
+# (ingest/src/inference.rs, device_health.rs, sim_labels.rs): (column, type, nullable), file order
+HEALTH_FLOATS = ("npu_utilisation", "npu_temperature_c", "npu_power_w")
+HEALTH_INTS = ("npu_clock_mhz", "npu_throttle_level", "npu_errors", "latency_p50_us", "latency_p95_us",
+               "latency_p99_us", "npu_ecc_errors", "npu_resets", "npu_failed_inferences", "spool_pending_batches",
+               "spool_bytes", "spool_quarantined_segments", "dropped_samples")
+TS_UTC = pa.timestamp("us", tz="UTC")
+TABLE_SCHEMAS = {
+    "inference": [("ts", TS_UTC, False), ("window_start", TS_UTC, False), ("device", pa.string(), False),
+                  ("boot_id", pa.string(), False), ("seq", pa.int64(), False), ("model_version", pa.string(), True),
+                  ("score", pa.float32(), False), ("anomaly", pa.bool_(), False), ("latency_us", pa.int64(), False)],
+    "device_health": [("ts", TS_UTC, False), ("device", pa.string(), False), ("boot_id", pa.string(), False),
+                      ("seq", pa.int64(), False), ("model_version", pa.string(), True)]
+    + [(c, pa.float32(), False) for c in HEALTH_FLOATS] + [(c, pa.int64(), False) for c in HEALTH_INTS[:3]]
+    + [("npu_fps", pa.float32(), False)] + [(c, pa.int64(), False) for c in HEALTH_INTS[3:]],
+    "sim_labels": [("start_ts", TS_UTC, False), ("end_ts", TS_UTC, False), ("device", pa.string(), False),
+                   ("boot_id", pa.string(), False), ("seq", pa.int64(), False), ("fault", pa.string(), False),
+                   ("severity", pa.float32(), False), ("sensor", pa.string(), True)],
+}
+TABLE_TS = {"inference": "ts", "device_health": "ts", "sim_labels": "start_ts"}
+
+
+def table_rows(devs, samples_per_batch: int, interval_us: int) -> dict:
+    """table -> [(site, line, row dict)] for every batch of every device boot."""
+    out = {t: [] for t in TABLE_SCHEMAS}
+    span = samples_per_batch * SAMPLE_STEP_US
+    for site, line, device, boot_id, first_seq, n_batches, offset in devs:
+        jitter = 10_000 * DEVICE_NAMES.index(device)
+        # robot-1's first boot ran no named model: model_version is null there
+        version = None if device == "robot-1" and offset == 0 else "m-2024-03-01"
+        for b in range(n_batches):
+            seq = first_seq + b
+            batch_us = START_US + (b + offset) * interval_us + jitter
+            base = dict(device=device, boot_id=boot_id, seq=seq)
+            for k in range(2):  # two windows per batch
+                start = batch_us + k * span // 2
+                out["inference"].append((site, line, dict(
+                    base, ts=start + span // 2 - 1, window_start=start, model_version=version,
+                    score=0.125 * (seq % 8) + 0.0625 * k, anomaly=seq % 3 == 0 and k == 1, latency_us=700 + k)))
+            health = dict(base, ts=batch_us + span, model_version=version, npu_fps=30.0 + seq % 5)
+            health.update({c: 0.5 + i / 8 for i, c in enumerate(HEALTH_FLOATS)})
+            health.update({c: i * 10 + seq for i, c in enumerate(HEALTH_INTS)})
+            health["npu_utilisation"] = 0.25 + (seq % 4) / 8
+            out["device_health"].append((site, line, health))
+            if device == "press-2":  # labelled machine and sensor faults on one device
+                out["sim_labels"].append((site, line, dict(
+                    base, start_ts=batch_us, end_ts=batch_us + span, fault="imbalance" if seq % 2 else "sensor_stuck",
+                    severity=(seq % 10) / 10, sensor=None if seq % 2 else "vibration")))
+    return out
+
+
+def write_tables(lake: Path, devs, samples_per_batch: int, interval_us: int, variant: str, n0: int) -> list:
+    """Each table's rows, one file per partition sorted by (device, partition ts); returns the
+    commit-log records, numbered from n0."""
+    records = []
+    n = n0
+    uncommitted = variant == "health_uncommitted"
+    for table, rows in table_rows(devs, samples_per_batch, interval_us).items():
+        ts_col = TABLE_TS[table]
+        if variant == "labels_bad_span" and table == "sim_labels":
+            site, line, r = rows[len(rows) // 2]
+            rows[len(rows) // 2] = (site, line, dict(r, end_ts=r["start_ts"] - 1))
+        parts: dict = {}
+        for site, line, r in rows:
+            parts.setdefault(part_key((site, line, r[ts_col])), []).append(r)
+        schema = pa.schema([pa.field(c, t, nullable=nul) for c, t, nul in TABLE_SCHEMAS[table]])
+        if variant == "inference_ts_naive" and table == "inference":
+            schema = schema.set(0, pa.field("ts", pa.timestamp("us"), nullable=False))
+        for (site, line, date, hour), prows in sorted(parts.items()):
+            prows.sort(key=lambda r: (r["device"], r[ts_col], r["boot_id"], r["seq"]))
+            cols = {c: pa.array([r[c] for r in prows], pa.int64() if t == TS_UTC else t)
+                    for c, t, _ in TABLE_SCHEMAS[table]}
+            t = pa.table(cols).cast(schema)
+            p = lake / table / f"site={site}" / f"line={line}" / f"date={date}" / f"hour={hour}" / \
+                f"part-{INGEST_ID}-{n:08}.parquet"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(t, p, store_schema=False, compression="zstd",
+                           use_dictionary=[c for c, ty, _ in TABLE_SCHEMAS[table] if ty == pa.string()])
+            ts = [r[ts_col] for r in prows]
+            if uncommitted and table == "device_health":
+                uncommitted = False  # this file stays out of the commit log
+            else:
+                records.append({"v": 1, "n": n, "table": table, "path": p.relative_to(lake).as_posix(),
+                                "rows": len(ts), "bytes": p.stat().st_size, "min_ts_us": min(ts), "max_ts_us": max(ts),
+                                "committed_at_us": START_US + n})
+            n += 1
+    return records
 
 
 def boot_id_for(site: str, line: str, device: str, boot: int) -> str:
@@ -255,12 +352,16 @@ def build(out_dir: str | os.PathLike, variant: str = "good", samples_per_batch: 
     tmp = files[0].with_name(f".part-{INGEST_ID}-{len(files) + 99:08}.parquet.tmp")
     tmp.write_bytes(b"PAR1 half-written garbage")
     (lake / "_loopline" / "commits").mkdir(parents=True, exist_ok=True)
+    tables = [] if variant == "telemetry_only" else \
+        write_tables(lake, devs, samples_per_batch, int(interval_s * 1_000_000), variant, len(files))
     with open(lake / "_loopline" / "commits" / f"{INGEST_ID}.log", "w") as log:
         for n, p in enumerate(files):
             ts = [r[TS] for r in file_rows[p]]
             log.write(json.dumps({"v": 1, "n": n, "table": "telemetry", "path": p.relative_to(lake).as_posix(),
                                   "rows": len(ts), "bytes": p.stat().st_size, "min_ts_us": min(ts),
                                   "max_ts_us": max(ts), "committed_at_us": START_US + n}) + "\n")
+        for record in tables:
+            log.write(json.dumps(record) + "\n")
 
     summary_devices = []
     for site, line, device, boot_id, first_seq, n_batches, _ in devs:

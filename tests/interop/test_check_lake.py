@@ -244,3 +244,57 @@ def test_cli_exit_status(lakes):
     assert p.returncode == 1, p.stdout + p.stderr
     assert "missing seq 20" in p.stdout
     assert "duckdb/defaults" in p.stdout and "pq.read_table" not in p.stdout
+
+
+# ------------------------------------------------------------- inference, device_health, sim_labels
+TABLE_ROWS = {"inference": "144", "device_health": "72", "sim_labels": "24"}  # 2, 1 and press-2's 1 per batch
+
+
+def test_good_lake_checks_every_table_in_every_reader(lakes, capsys):
+    rc, out = run_check(lakes, "good", capsys, "--no-defaults")
+    assert rc == 0, out
+    assert "tables inference, device_health, sim_labels checked too" in out
+    for table, rows in TABLE_ROWS.items():
+        assert table_row(out, f"{table}/files")[2:4] == [rows, "6"], out
+        for who in READER_LABELS:
+            row = table_row(out, f"{table}/{who}")
+            assert row[2:4] == [rows, "6"] and row[-1] == "OK", out
+
+
+def test_a_lake_without_the_other_tables_passes(lakes, capsys):
+    rc, out = run_check(lakes, "telemetry_only", capsys, "--no-defaults")
+    assert rc == 0, out
+    assert not any(ln.startswith(tuple(TABLE_ROWS)) for ln in out.splitlines()), out
+    assert "checked too" not in out
+
+
+@pytest.mark.parametrize("variant, who, text", [
+    ("inference_ts_naive", "inference/files", "column ts is timestamp[us,naive] (expected timestamp[us,UTC]) in 6 of 6"),
+    ("inference_ts_naive", "inference/pyarrow.dataset", "column ts: timestamp[us] (expected timestamp[us,UTC])"),
+    ("inference_ts_naive", "inference/duckdb", "column ts: TIMESTAMP (expected timestamp[us,UTC])"),
+    ("inference_ts_naive", "inference/polars", "column ts: Datetime(time_unit='us', time_zone=None)"),
+    ("health_uncommitted", "device_health/files", "is on disk but in no commit log"),
+    ("labels_bad_span", "sim_labels/duckdb", "1 row(s) with end_ts not after start_ts"),
+])
+def test_table_defects_are_caught(lakes, capsys, variant, who, text):
+    rc, out = run_check(lakes, variant, capsys, "--no-defaults")
+    assert rc == 1, out
+    fails = lines(out, "FAIL", who)
+    assert any(text in ln for ln in fails), out
+    # the telemetry checks are untouched by a defect in another table
+    assert not lines(out, "FAIL", "duckdb") and not lines(out, "FAIL", "filesystem"), out
+
+
+def test_table_rows_must_belong_to_summarised_device_boots(lakes, capsys, tmp_path):
+    lake, summary = lakes("good")
+    s = json.loads(Path(summary).read_text())
+    # the summary forgets one device boot's last batch: its inference rows now reach past last_seq
+    d = next(d for d in s["devices"] if (d["site"], d["line"], d["device"]) == ("plant-b", "01", "press-1"))
+    d["last_seq"] -= 1
+    (tmp_path / "s.json").write_text(json.dumps(s))
+    rc = check_lake.main(["--lake", str(lake), "--summary", str(tmp_path / "s.json"), "--readers", "duckdb",
+                          "--no-defaults"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert any("device plant-b/01/press-1" in ln and "inference seq 0..=7 outside the summary's 0..=6" in ln
+               for ln in lines(out, "FAIL", "inference/duckdb")), out
