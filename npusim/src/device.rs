@@ -204,7 +204,7 @@ impl Npu {
             start_us,
             now_us: start_us,
             temp_c: spec.steady_state_c(spec.idle_power_w),
-            throttle: Throttle::default(),
+            throttle: Throttle::new(spec),
             queue: [(0, 0); QUEUE],
             queue_head: 0,
             queue_len: 0,
@@ -408,7 +408,8 @@ impl Npu {
 
     fn running_clock_mhz(&self) -> u32 {
         let c = self.spec.clock_fraction(self.throttle.level);
-        (f64::from(self.spec.clock_mhz) * c).round() as u32
+        // +0.5 and truncate: `round` is a library call on targets without SSE4.1.
+        (f64::from(self.spec.clock_mhz) * c + 0.5) as u32
     }
 
     fn power_now(&self, busy: bool, clock_fraction: f64) -> f64 {
@@ -430,17 +431,22 @@ impl Npu {
         (sigma * z - sigma * sigma / 2.0).exp()
     }
 
-    /// A standard normal draw (Box–Muller, the second value kept for the next call).
+    /// A standard normal draw (Marsaglia's polar method: no trigonometry; the second value is
+    /// kept for the next call).
     fn normal(&mut self) -> f64 {
         if let Some(z) = self.spare_normal.take() {
             return z;
         }
-        let u1 = 1.0 - self.rng.random::<f64>(); // (0, 1]: ln stays finite.
-        let u2 = self.rng.random::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let theta = std::f64::consts::TAU * u2;
-        self.spare_normal = Some(r * theta.sin());
-        r * theta.cos()
+        loop {
+            let u = 2.0 * self.rng.random::<f64>() - 1.0;
+            let v = 2.0 * self.rng.random::<f64>() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                let m = (-2.0 * s.ln() / s).sqrt();
+                self.spare_normal = Some(v * m);
+                return u * m;
+            }
+        }
     }
 
     /// A Poisson draw with mean `mean`: Knuth's product method for small means, the normal
@@ -451,7 +457,7 @@ impl Npu {
         }
         if mean > 30.0 {
             let z = self.normal();
-            return (mean + mean.sqrt() * z).round().max(0.0) as u64;
+            return (mean + mean.sqrt() * z + 0.5).max(0.0) as u64;
         }
         let limit = (-mean).exp();
         let mut k = 0;
@@ -480,11 +486,14 @@ impl Npu {
     }
 
     fn next_event_us(&self) -> Option<i64> {
-        let scheduled = self.schedule.get(self.schedule_next).map(|&(t, _)| t);
-        [scheduled, self.overheat.map(|(_, t)| t), self.reset_until]
+        let mut next = self.schedule.get(self.schedule_next).map(|&(t, _)| t);
+        for t in [self.overheat.map(|(_, t)| t), self.reset_until]
             .into_iter()
             .flatten()
-            .min()
+        {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next
     }
 
     fn advance_to(&mut self, now_us: i64) {
@@ -553,7 +562,10 @@ impl Npu {
         let from = self.now_us;
         let spec = self.spec;
         let tau_s = spec.thermal_tau_s();
+        let r_th = spec.thermal_resistance_c_per_w;
         let ambient = spec.ambient_c + self.overheat.map_or(0.0, |(d, _)| d);
+        let idle_target = ambient + spec.idle_power_w * r_th;
+        let mut busy_power = self.power_now(true, spec.clock_fraction(self.throttle.level));
         let mut crossings = 0;
         while self.now_us < end {
             let now = self.now_us;
@@ -561,30 +573,31 @@ impl Npu {
                 self.queue_head = (self.queue_head + 1) % QUEUE;
                 self.queue_len -= 1;
             }
-            let (busy, seg_end) = match (self.queue_len > 0).then(|| self.queue[self.queue_head]) {
-                Some((s, e)) if s <= now => (true, e.min(end)),
-                Some((s, _)) => (false, s.min(end)),
-                None => (false, end),
+            let (busy, seg_end) = if self.queue_len == 0 {
+                (false, end)
+            } else {
+                let (s, e) = self.queue[self.queue_head];
+                if s <= now {
+                    (true, e.min(end))
+                } else {
+                    (false, s.min(end))
+                }
             };
-            let c = spec.clock_fraction(self.throttle.level);
-            let power = self.power_now(busy, c);
-            let target = ambient + power * spec.thermal_resistance_c_per_w;
+            let (power, target) = if busy {
+                (busy_power, ambient + busy_power * r_th)
+            } else {
+                (spec.idle_power_w, idle_target)
+            };
 
+            // Within the band nothing changes; the path from here to `temp_end` is monotonic,
+            // so it leaves the band only if `temp_end` lies outside it.
+            let (low, high) = self.throttle.band();
             let mut stop = seg_end;
             let mut temp_end = thermal::step(self.temp_c, target, secs(seg_end - now), tau_s);
-            if crossings < MAX_CROSSINGS {
-                let threshold = if target > self.temp_c {
-                    self.throttle
-                        .next_threshold_above(spec, self.temp_c)
-                        .filter(|&th| temp_end >= th)
-                } else {
-                    self.throttle
-                        .next_threshold_below(spec, self.temp_c)
-                        .filter(|&th| temp_end <= th)
-                };
-                if let Some(dt_s) =
-                    threshold.and_then(|th| thermal::time_to_reach(self.temp_c, target, th, tau_s))
-                {
+            let leaves = temp_end < low || temp_end >= high;
+            if leaves && crossings < MAX_CROSSINGS {
+                let threshold = if temp_end >= high { high } else { low };
+                if let Some(dt_s) = thermal::time_to_reach(self.temp_c, target, threshold, tau_s) {
                     let cross = now.saturating_add(((dt_s * 1e6).ceil() as i64).max(1));
                     if cross < seg_end {
                         stop = cross;
@@ -601,17 +614,24 @@ impl Npu {
                 self.window_busy_us += dt;
             }
             self.now_us = stop;
-            match self.throttle.update(spec, self.temp_c) {
-                Transition::Shutdown => {
-                    self.resets = self.resets.saturating_add(1);
-                    self.clear_work(stop);
+            if leaves {
+                let level = self.throttle.level;
+                let transition = self.throttle.update(spec, self.temp_c);
+                if self.throttle.level != level {
+                    busy_power = self.power_now(true, spec.clock_fraction(self.throttle.level));
                 }
-                Transition::CooledDown => {
-                    let until = stop.saturating_add(i64::try_from(spec.reset_us).unwrap_or(0));
-                    self.reset_until = Some(self.reset_until.map_or(until, |u| u.max(until)));
-                    break;
+                match transition {
+                    Transition::Shutdown => {
+                        self.resets = self.resets.saturating_add(1);
+                        self.clear_work(stop);
+                    }
+                    Transition::CooledDown => {
+                        let until = stop.saturating_add(i64::try_from(spec.reset_us).unwrap_or(0));
+                        self.reset_until = Some(self.reset_until.map_or(until, |u| u.max(until)));
+                        break;
+                    }
+                    Transition::None => {}
                 }
-                Transition::None => {}
             }
         }
         if self.ecc_per_us > 0.0 {
@@ -630,8 +650,8 @@ fn secs(us: i64) -> f64 {
 /// A non-negative µs figure as whole µs, saturating.
 fn to_us(us: f64) -> i64 {
     if us.is_finite() && us > 0.0 {
-        // `as` saturates at i64::MAX.
-        us.round() as i64
+        // +0.5 and truncate rounds a positive value; `as` saturates at i64::MAX.
+        (us + 0.5) as i64
     } else {
         0
     }

@@ -181,7 +181,7 @@ pub struct ProfileSpec {
 /// operating-point table whose voltage falls less than its frequency, so 2 sits between the
 /// two. Because a throttled inference also keeps the core busy `1 / clock_fraction` longer,
 /// the energy of one inference then falls linearly with the clock, as on the real parts.
-pub const POWER_CLOCK_EXPONENT: f64 = 2.0;
+pub const POWER_CLOCK_EXPONENT: i32 = 2;
 
 /// Hailo's dataflow parts share the same estimated ladder: the HailoRT health API exposes
 /// temperature throttling zones but the public documentation does not give the default
@@ -384,7 +384,7 @@ impl ProfileSpec {
         self.idle_power_w
             + (self.max_power_w - self.idle_power_w)
                 * utilisation.clamp(0.0, 1.0)
-                * clock_fraction.powf(POWER_CLOCK_EXPONENT)
+                * clock_fraction.powi(POWER_CLOCK_EXPONENT)
     }
 
     /// Clock fraction at throttle `level` (0 = none).

@@ -20,7 +20,18 @@ pub fn step(temp_c: f64, target_c: f64, dt_s: f64, tau_s: f64) -> f64 {
     if dt_s <= 0.0 {
         return temp_c;
     }
-    target_c + (temp_c - target_c) * (-dt_s / tau_s).exp()
+    target_c + (temp_c - target_c) * decay(dt_s / tau_s)
+}
+
+/// `e^(−x)` for `x ≥ 0`. Steps much shorter than the time constant (every step between two
+/// inferences, with τ of tens of seconds) take a Taylor polynomial instead of `exp`: below
+/// `x = 1e-3` its error, under `x⁴/24 ≈ 4e-14`, is at the level of `f64` rounding.
+fn decay(x: f64) -> f64 {
+    if x < 1e-3 {
+        1.0 - x * (1.0 - x * (0.5 - x / 6.0))
+    } else {
+        (-x).exp()
+    }
 }
 
 /// Seconds until a temperature heading from `temp_c` to `target_c` reaches `level_c`, or
@@ -47,17 +58,60 @@ pub(crate) enum Transition {
 }
 
 /// Throttle level and thermal shutdown, with hysteresis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Throttle {
     /// 0 = full clock; `n` = `spec.throttle[n - 1]` engaged.
     pub level: u32,
     /// The junction passed `shutdown_c` and has not yet cooled `hysteresis_c` below it.
     pub shutdown: bool,
+    /// Nothing changes while `band.0 <= T < band.1`: the nearest thresholds below and above,
+    /// kept so that the common case (no change) costs two comparisons.
+    band: (f64, f64),
 }
 
 impl Throttle {
+    /// Level 0, running, for a part described by `spec`.
+    pub fn new(spec: &ProfileSpec) -> Self {
+        Self::with_state(spec, 0, false)
+    }
+
+    /// A throttle at `level`, shut down or not.
+    pub fn with_state(spec: &ProfileSpec, level: u32, shutdown: bool) -> Self {
+        let mut t = Throttle {
+            level,
+            shutdown,
+            band: (f64::NEG_INFINITY, f64::INFINITY),
+        };
+        t.band = t.compute_band(spec);
+        t
+    }
+
+    fn compute_band(&self, spec: &ProfileSpec) -> (f64, f64) {
+        let step_up = spec.throttle.get(self.level as usize).map(|s| s.at_c);
+        let shutdown = (!self.shutdown).then_some(spec.shutdown_c);
+        let high = [step_up, shutdown]
+            .into_iter()
+            .flatten()
+            .fold(f64::INFINITY, f64::min);
+        let step_down = self
+            .level
+            .checked_sub(1)
+            .and_then(|i| spec.throttle.get(i as usize))
+            .map(|s| s.at_c - spec.hysteresis_c);
+        let restart = self.shutdown.then_some(spec.shutdown_c - spec.hysteresis_c);
+        let low = [step_down, restart]
+            .into_iter()
+            .flatten()
+            .fold(f64::NEG_INFINITY, f64::max);
+        (low, high)
+    }
+
     /// Brings level and shutdown in line with `temp_c`.
+    #[inline]
     pub fn update(&mut self, spec: &ProfileSpec, temp_c: f64) -> Transition {
+        if self.band.0 <= temp_c && temp_c < self.band.1 {
+            return Transition::None;
+        }
         let ladder = spec.throttle;
         loop {
             let l = self.level as usize;
@@ -69,7 +123,7 @@ impl Throttle {
                 break;
             }
         }
-        if !self.shutdown && temp_c >= spec.shutdown_c {
+        let transition = if !self.shutdown && temp_c >= spec.shutdown_c {
             self.shutdown = true;
             Transition::Shutdown
         } else if self.shutdown && temp_c < spec.shutdown_c - spec.hysteresis_c {
@@ -77,35 +131,16 @@ impl Throttle {
             Transition::CooledDown
         } else {
             Transition::None
-        }
+        };
+        self.band = self.compute_band(spec);
+        transition
     }
 
-    /// The nearest temperature above `temp_c` at which [`Throttle::update`] would change
-    /// something.
-    pub fn next_threshold_above(&self, spec: &ProfileSpec, temp_c: f64) -> Option<f64> {
-        let step_up = spec.throttle.get(self.level as usize).map(|s| s.at_c);
-        let shutdown = (!self.shutdown).then_some(spec.shutdown_c);
-        [step_up, shutdown]
-            .into_iter()
-            .flatten()
-            .filter(|&c| c > temp_c)
-            .min_by(f64::total_cmp)
-    }
-
-    /// The nearest temperature below `temp_c` at which [`Throttle::update`] would change
-    /// something.
-    pub fn next_threshold_below(&self, spec: &ProfileSpec, temp_c: f64) -> Option<f64> {
-        let step_down = self
-            .level
-            .checked_sub(1)
-            .and_then(|i| spec.throttle.get(i as usize))
-            .map(|s| s.at_c - spec.hysteresis_c);
-        let restart = self.shutdown.then_some(spec.shutdown_c - spec.hysteresis_c);
-        [step_down, restart]
-            .into_iter()
-            .flatten()
-            .filter(|&c| c < temp_c)
-            .max_by(f64::total_cmp)
+    /// `(low, high)`: nothing changes while `low <= T < high`. `low` is the nearest
+    /// threshold below (a step down or the restart temperature, or −∞), `high` the nearest
+    /// above (the next step or the shutdown temperature, or +∞).
+    pub fn band(&self) -> (f64, f64) {
+        self.band
     }
 }
 
@@ -121,6 +156,14 @@ mod tests {
         assert!((t - expected).abs() < 1e-9, "{t}");
         assert!((step(40.0, 80.0, 1e9, 50.0) - 80.0).abs() < 1e-9);
         assert_eq!(step(40.0, 80.0, 0.0, 50.0), 40.0);
+    }
+
+    #[test]
+    fn short_steps_match_exp_to_rounding() {
+        for dt in [1e-9, 1e-6, 1e-4, 0.0099, 0.05] {
+            let exact = 80.0 + (40.0 - 80.0) * (-dt / 10.0f64).exp();
+            assert!((step(40.0, 80.0, dt, 10.0) - exact).abs() < 1e-10, "{dt}");
+        }
     }
 
     #[test]
@@ -145,7 +188,7 @@ mod tests {
     #[test]
     fn ladder_steps_up_at_threshold_and_down_below_hysteresis() {
         let spec = Profile::Hailo8L.spec();
-        let mut th = Throttle::default();
+        let mut th = Throttle::new(spec);
         assert_eq!(th.update(spec, 84.9), Transition::None);
         assert_eq!(th.level, 0);
         th.update(spec, 85.0);
@@ -166,19 +209,14 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_are_the_nearest_ones() {
+    fn band_is_bounded_by_the_nearest_thresholds() {
         let spec = Profile::Hailo8L.spec();
-        let th = Throttle {
-            level: 1,
-            shutdown: false,
-        };
-        assert_eq!(th.next_threshold_above(spec, 86.0), Some(95.0));
-        assert_eq!(th.next_threshold_below(spec, 86.0), Some(80.0));
-        let th = Throttle {
-            level: 2,
-            shutdown: true,
-        };
-        assert_eq!(th.next_threshold_above(spec, 106.0), None);
-        assert_eq!(th.next_threshold_below(spec, 106.0), Some(100.0));
+        assert_eq!(Throttle::with_state(spec, 1, false).band(), (80.0, 95.0));
+        assert_eq!(Throttle::with_state(spec, 2, false).band(), (90.0, 105.0));
+        assert_eq!(
+            Throttle::with_state(spec, 2, true).band(),
+            (100.0, f64::INFINITY)
+        );
+        assert_eq!(Throttle::new(spec).band(), (f64::NEG_INFINITY, 85.0));
     }
 }

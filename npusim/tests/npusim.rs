@@ -196,6 +196,43 @@ fn overheat_engages_the_ladder_and_it_releases_only_below_the_hysteresis() {
 }
 
 #[test]
+fn one_long_step_matches_many_short_ones_across_a_throttle_change() {
+    // Busy and overheated, the part crosses 85 °C mid-inference; the power drop must happen
+    // at the crossing whether the caller looks in once or every 10 ms.
+    let p = Profile::Hailo8L;
+    let ops = ops_for(p, 200.0);
+    let start = |npu: &mut Npu| {
+        npu.inject(
+            Fault::Overheat {
+                delta_c: 30.0,
+                duration_us: 1_000_000_000,
+            },
+            0,
+        );
+        npu.infer(0, ops, 0).unwrap();
+    };
+    let mut once = Npu::new(p, 21, 0);
+    start(&mut once);
+    once.advance(100 * S);
+    let mut often = Npu::new(p, 21, 0);
+    start(&mut often);
+    for t in (0..=100 * S).step_by(10_000) {
+        often.advance(t);
+    }
+    assert_eq!(once.throttle_level(), 1);
+    assert_eq!(often.throttle_level(), 1);
+    let (a, b) = (once.temperature_c(), often.temperature_c());
+    assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    let (ha, hb) = (once.health(100 * S), often.health(100 * S));
+    assert!(
+        (ha.power_w - hb.power_w).abs() < 1e-4,
+        "{} vs {}",
+        ha.power_w,
+        hb.power_w
+    );
+}
+
+#[test]
 fn thermal_shutdown_fails_inferences_then_restarts_with_a_reset() {
     let p = Profile::Hailo8;
     let s = p.spec();
