@@ -27,8 +27,8 @@
 //! assert!(matches!(err, Err(ReleaseError::DigestMismatch { .. })));
 //! ```
 
-pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use ed25519_dalek::{Signature, Signer};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 /// Why a release (artifact, digest, signature) was refused, or why a key could not be read.
@@ -100,7 +100,10 @@ pub fn verify(
         });
     }
     let signature = Signature::from_slice(signature).map_err(|_| ReleaseError::BadSignature {
-        reason: format!("it is {} bytes long; an Ed25519 signature is 64", signature.len()),
+        reason: format!(
+            "it is {} bytes long; an Ed25519 signature is 64",
+            signature.len()
+        ),
     })?;
     key.verify_strict(&expected, &signature)
         .map_err(|e| ReleaseError::BadSignature {
@@ -113,14 +116,17 @@ fn key_bytes_from_hex(what: &'static str, text: &str) -> Result<[u8; 32], Releas
         what,
         reason: format!("not hex: {e}"),
     })?;
-    bytes.as_slice().try_into().map_err(|_| ReleaseError::BadKey {
-        what,
-        reason: format!(
-            "{} bytes ({} hex digits); expected 32 bytes (64 hex digits)",
-            bytes.len(),
-            bytes.len() * 2
-        ),
-    })
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| ReleaseError::BadKey {
+            what,
+            reason: format!(
+                "{} bytes ({} hex digits); expected 32 bytes (64 hex digits)",
+                bytes.len(),
+                bytes.len() * 2
+            ),
+        })
 }
 
 /// Parses an Ed25519 public key given as 64 hex digits (surrounding whitespace is ignored).
@@ -231,7 +237,10 @@ mod tests {
             "bad verifying key: 2 bytes (4 hex digits); expected 32 bytes (64 hex digits)"
         );
         let err = signing_key_from_hex("zz").unwrap_err();
-        assert!(err.to_string().starts_with("bad signing key: not hex"), "{err}");
+        assert!(
+            err.to_string().starts_with("bad signing key: not hex"),
+            "{err}"
+        );
     }
 
     #[test]
