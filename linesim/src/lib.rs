@@ -70,7 +70,7 @@ use std::path::PathBuf;
 
 pub use label::{FaultKind, Label, LabelSpan, LabelSpans};
 pub use scenario::{Bearing, Event, EventKind, Machine, Recipe, Scenario};
-pub use sim::{LineSim, Sample};
+pub use sim::{LineSim, MachineState, Sample};
 
 /// Errors of this crate; every variant names the scenario or file it is about.
 #[derive(Debug, thiserror::Error)]
