@@ -1,7 +1,9 @@
 //! Plumbing that every Loopline binary needs, kept in one small crate.
 //!
 //! How this crate is laid out:
-//! - [`broker`]: the broker address (`mqtt://host:port`) and the MQTT options derived from it.
+//! - [`broker`]: the broker address (`mqtt://host:port`, `mqtts://user:pass@host:port`) and the
+//!   MQTT options derived from it.
+//! - [`tls`]: the TLS files of an `mqtts://` broker and the rustls client (ring) built from them.
 //! - [`config`]: loading a TOML config file with errors that name the file and the key.
 //! - `embedded_broker` (feature `embedded-broker`): rumqttd in-process, for the demo and tests.
 //! - [`duration`]: human-readable durations (`"1s"`, `"250ms"`) in config files and flags.
@@ -15,8 +17,10 @@ pub mod duration;
 pub mod embedded_broker;
 pub mod logging;
 pub mod shutdown;
+pub mod tls;
 
-pub use broker::BrokerUrl;
+pub use broker::{BrokerUrl, Credentials, Scheme};
+pub use tls::TlsConfig;
 pub use tokio_util::sync::CancellationToken;
 
 /// Errors of this crate; each names the input that was wrong.
@@ -36,6 +40,14 @@ pub enum Error {
     },
     #[error("embedded broker: {0}")]
     EmbeddedBroker(String),
+    #[error("TLS to broker {broker}: {reason}")]
+    Tls { broker: String, reason: String },
+    #[error("{key} {path}: {reason}")]
+    TlsFile {
+        key: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("log filter {filter:?}: {message}")]
     LogFilter { filter: String, message: String },
 }
