@@ -47,9 +47,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// Writing a record failed; nothing of it is in the spool and the payload comes back.
-    #[error("appending a {}-byte record to {} failed, the record was not stored: {source}", payload.len(), path.display())]
+    /// Storing a record failed; nothing of it is in the spool and the payload comes back.
+    #[error("{action} {} failed, so a {}-byte record was not stored: {source}", path.display(), payload.len())]
     Append {
+        /// What the spool was doing, e.g. "append to segment".
+        action: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -93,6 +95,23 @@ impl Error {
             action,
             path: path.into(),
             source,
+        }
+    }
+
+    /// Turns an I/O error met while preparing to store `payload` into one that hands it back.
+    pub(crate) fn give_back(self, payload: Vec<u8>) -> Error {
+        match self {
+            Error::Io {
+                action,
+                path,
+                source,
+            } => Error::Append {
+                action,
+                path,
+                source,
+                payload: Unwritten(payload),
+            },
+            other => other,
         }
     }
 

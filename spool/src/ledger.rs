@@ -23,6 +23,8 @@ pub(crate) const ACK_LOG_NAME: &str = "acks.log";
 pub(crate) struct Ledger {
     path: PathBuf,
     file: File,
+    /// Bytes in the file.
+    len: u64,
     /// Entries in the file, live or not.
     pub(crate) entries: u64,
     /// Whether entries were written since the last sync.
@@ -69,16 +71,20 @@ impl Ledger {
         Ok(Ledger {
             path,
             file,
+            len: bytes.len() as u64,
             entries,
             dirty: false,
         })
     }
 
-    /// Records an ack. One `write` call, so a process killed right after keeps it.
+    /// Records an ack. One `write` call, so a process killed right after keeps it. A failed
+    /// write is cut off again, so that later entries stay aligned.
     pub(crate) fn append(&mut self, id: u64) -> Result<()> {
-        self.file
-            .write_all(&format::encode_ack_entry(id))
-            .map_err(|e| Error::io("append to ack log", &self.path, e))?;
+        if let Err(e) = self.file.write_all(&format::encode_ack_entry(id)) {
+            let _ = self.file.set_len(self.len);
+            return Err(Error::io("append to ack log", &self.path, e));
+        }
+        self.len += format::ACK_ENTRY_LEN as u64;
         self.entries += 1;
         self.dirty = true;
         Ok(())

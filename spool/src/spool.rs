@@ -21,7 +21,8 @@
 //!    user-space buffer), so a killed process loses nothing. How much a power cut can lose is
 //!    the [`FsyncPolicy`]: nothing (`Always`), the last interval (`Interval`), or whatever the
 //!    OS had not written back (`Never`). Closing a segment (roll) fsyncs it, and creating one
-//!    fsyncs the directory, unless the policy is `Never`.
+//!    fsyncs the directory, unless the policy is `Never` (then `sync` and `close` catch up on
+//!    both). A closed segment whose records are all acknowledged is deleted instead of synced.
 //! 4. **Every record is checksummed** (CRC32 over length, id and payload, and a second one over
 //!    the header alone). Recovery on open checks every byte: an unfinished last record (a torn
 //!    tail) is cut off and counted; a damaged record with valid data after it means the segment
@@ -46,7 +47,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 
@@ -65,6 +66,9 @@ const TMP_SUFFIX: &str = ".tmp";
 /// The ack log is rewritten once it holds at least this many entries and more than twice as
 /// many as there are acked records still on disk.
 const LEDGER_COMPACT_MIN_ENTRIES: u64 = 4096;
+
+/// Under `FsyncPolicy::Always`, how often `maybe_sync` syncs the ack log.
+const ALWAYS_ACK_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// A record's position in the order of appends. Ids grow by one per append and are never
 /// reused in a spool directory.
@@ -307,6 +311,11 @@ pub struct Spool {
     disk_bytes: u64,
     stats: SpoolStats,
     ledger_compact_min: u64,
+    /// Under `FsyncPolicy::Never`, segments closed without a sync and whether the directory
+    /// holds entries not yet synced, so that `sync` and `close` can still make everything
+    /// durable.
+    unsynced_sealed: Vec<(PathBuf, File)>,
+    dir_dirty: bool,
 }
 
 impl Spool {
@@ -490,6 +499,8 @@ impl Spool {
             last_sync: None,
             stats: SpoolStats::default(),
             ledger_compact_min: LEDGER_COMPACT_MIN_ENTRIES,
+            unsynced_sealed: Vec::new(),
+            dir_dirty: false,
         };
         if continue_last {
             if let Some(last) = spool.segments.back() {
@@ -543,52 +554,22 @@ impl Spool {
                 payload: Unwritten(payload),
             });
         }
-        if let Some(active) = self.active()
-            && !active.slots.is_empty()
-            && active.len + frame_len > self.config.segment_bytes
-        {
-            self.seal_active()?;
-        }
-        if self.projected(frame_len) > self.config.max_bytes
-            && self
-                .active()
-                .is_some_and(|a| a.open_slots == 0 && !a.slots.is_empty())
-        {
-            // Every record in the active segment is acknowledged: close it so it can go.
-            self.seal_active()?;
-        }
-        let mut dropped = Dropped::default();
-        while self.projected(frame_len) > self.config.max_bytes && !self.segments.is_empty() {
-            match self.config.when_full {
-                WhenFull::Block => {
-                    self.stats.full_refusals += 1;
-                    return Ok(Appended::Full { payload });
-                }
-                WhenFull::DropOldest => dropped.merge(self.drop_oldest_segment()?),
+        let dropped = match self.make_room(frame_len) {
+            Ok(Some(dropped)) => dropped,
+            Ok(None) => {
+                self.stats.full_refusals += 1;
+                return Ok(Appended::Full { payload });
             }
-        }
-        if !dropped.is_empty() {
-            error!(
-                dir = %self.dir.display(), records = dropped.records, bytes = dropped.bytes,
-                first = %dropped.ids.first().map_or(RecordId(0), |r| *r.start()),
-                last = %dropped.ids.last().map_or(RecordId(0), |r| *r.end()),
-                "spool full: dropped the oldest unacknowledged records"
-            );
-        }
-        if self.writer.is_none() {
-            self.create_segment()?;
-        }
+            Err(e) => return Err(e.give_back(payload)),
+        };
         let id = self.next_id;
         self.frame.clear();
         self.frame
             .extend_from_slice(&format::encode_record_header(id, &payload));
         self.frame.extend_from_slice(&payload);
         let (Some(writer), Some(active)) = (self.writer.as_mut(), self.segments.back_mut()) else {
-            return Err(Error::io(
-                "append to spool",
-                &self.dir,
-                ErrorKind::NotFound.into(),
-            ));
+            let source = ErrorKind::NotFound.into();
+            return Err(Error::io("append to spool", &self.dir, source).give_back(payload));
         };
         let offset = active.len;
         if let Err(source) = writer.write_all(&self.frame) {
@@ -599,8 +580,12 @@ impl Spool {
             }
             let path = active.path.clone();
             self.writer = None;
-            self.retire_back_if_done()?;
+            if let Err(e) = self.retire_back_if_done() {
+                warn!(error = %e, "could not remove an empty segment after a failed append");
+            }
+            let action = "append to segment";
             return Err(Error::Append {
+                action,
                 path,
                 source,
                 payload: Unwritten(payload),
@@ -709,17 +694,36 @@ impl Spool {
                 .sync_data()
                 .map_err(|e| Error::io("fdatasync segment", &active.path, e))?;
         }
+        for (path, file) in self.unsynced_sealed.drain(..) {
+            file.sync_data()
+                .map_err(|e| Error::io("fdatasync segment", &path, e))?;
+        }
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
         self.stats.unsynced_records = 0;
         self.ledger.sync()
     }
 
     /// Syncs if the policy calls for it at `now`: under `Interval(d)`, when there is something
-    /// to sync and `d` has passed since the last sync made here; under `Always`, the acks
-    /// written since the last call (records are already synced); never under `Never`.
+    /// to sync and `d` has passed since the last sync made here; under `Always`, the ack log at
+    /// most once a second (records are already synced); never under `Never`.
     pub fn maybe_sync(&mut self, now: Instant) -> Result<()> {
         match self.config.fsync {
             FsyncPolicy::Never => Ok(()),
-            FsyncPolicy::Always => self.ledger.sync(),
+            FsyncPolicy::Always => {
+                // Records are synced by `append`; acks only need to be durable enough to spare
+                // resends, so they are synced at most once per ALWAYS_ACK_SYNC_EVERY.
+                let due = self.last_sync.is_none_or(|last| {
+                    now.saturating_duration_since(last) >= ALWAYS_ACK_SYNC_EVERY
+                });
+                if self.ledger.dirty && due {
+                    self.ledger.sync()?;
+                    self.last_sync = Some(now);
+                }
+                Ok(())
+            }
             FsyncPolicy::Interval(every) => {
                 let dirty = self.stats.unsynced_records > 0 || self.ledger.dirty;
                 let due = self
@@ -771,6 +775,45 @@ impl Spool {
         Ok(())
     }
 
+    /// Closes the active segment if the next record would take it past `segment_bytes`, makes
+    /// room under the cap (`None`: full and the policy is `Block`), and opens a segment to append
+    /// to. Nothing here has touched the payload, so a failure hands it back.
+    fn make_room(&mut self, frame_len: u64) -> Result<Option<Dropped>> {
+        if let Some(active) = self.active()
+            && !active.slots.is_empty()
+            && active.len + frame_len > self.config.segment_bytes
+        {
+            self.seal_active()?;
+        }
+        if self.projected(frame_len) > self.config.max_bytes
+            && self
+                .active()
+                .is_some_and(|a| a.open_slots == 0 && !a.slots.is_empty())
+        {
+            // Every record in the active segment is acknowledged: close it so it can go.
+            self.seal_active()?;
+        }
+        let mut dropped = Dropped::default();
+        while self.projected(frame_len) > self.config.max_bytes && !self.segments.is_empty() {
+            match self.config.when_full {
+                WhenFull::Block => return Ok(None),
+                WhenFull::DropOldest => dropped.merge(self.drop_oldest_segment()?),
+            }
+        }
+        if !dropped.is_empty() {
+            error!(
+                dir = %self.dir.display(), records = dropped.records, bytes = dropped.bytes,
+                first = %dropped.ids.first().map_or(RecordId(0), |r| *r.start()),
+                last = %dropped.ids.last().map_or(RecordId(0), |r| *r.end()),
+                "spool full: dropped the oldest unacknowledged records"
+            );
+        }
+        if self.writer.is_none() {
+            self.create_segment()?;
+        }
+        Ok(Some(dropped))
+    }
+
     fn active(&self) -> Option<&Segment> {
         self.writer.as_ref().and(self.segments.back())
     }
@@ -786,17 +829,24 @@ impl Spool {
         self.disk_bytes + frame_len + header
     }
 
-    /// Finishes the active segment: fsync (unless `Never`), stop appending, and delete it if
-    /// every record in it is acknowledged.
+    /// Finishes the active segment: fsync what is not yet synced (unless `Never`), stop
+    /// appending, and delete it if every record in it is acknowledged.
     fn seal_active(&mut self) -> Result<()> {
         if let Some(writer) = self.writer.take() {
-            if self.config.fsync != FsyncPolicy::Never
-                && let Some(active) = self.segments.back()
-            {
-                writer
-                    .sync_data()
-                    .map_err(|e| Error::io("fdatasync segment", &active.path, e))?;
-                self.stats.unsynced_records = 0;
+            if let Some(active) = self.segments.back() {
+                // A segment whose records are all acknowledged is deleted right below: syncing
+                // it would only cost time.
+                let needs_sync = self.stats.unsynced_records > 0 && active.open_slots > 0;
+                if self.config.fsync == FsyncPolicy::Never {
+                    self.unsynced_sealed.push((active.path.clone(), writer));
+                } else if needs_sync {
+                    writer
+                        .sync_data()
+                        .map_err(|e| Error::io("fdatasync segment", &active.path, e))?;
+                }
+                if self.config.fsync != FsyncPolicy::Never {
+                    self.stats.unsynced_records = 0;
+                }
             }
             self.retire_back_if_done()?;
         }
@@ -821,10 +871,12 @@ impl Spool {
             .map_err(|e| Error::io("create segment", &path, e))?;
         file.write_all(&format::SEGMENT_MAGIC)
             .map_err(|e| Error::io("write segment header", &path, e))?;
+        // The directory entry is synced now; the header reaches the disk with the first
+        // record's sync (a header lost before that is a torn tail, rewritten on open).
         if self.config.fsync != FsyncPolicy::Never {
-            file.sync_data()
-                .map_err(|e| Error::io("fdatasync segment", &path, e))?;
             sync_dir(&self.dir)?;
+        } else {
+            self.dir_dirty = true;
         }
         self.segments.push_back(Segment {
             first: self.next_id,
@@ -881,6 +933,8 @@ impl Spool {
             self.reader = None;
         }
         if let Some(seg) = self.segments.remove(si) {
+            // A deleted segment needs no sync.
+            self.unsynced_sealed.retain(|(path, _)| *path != seg.path);
             self.disk_bytes -= seg.len;
             debug!(segment = %seg.path.display(), "segment removed");
         }
@@ -1056,7 +1110,6 @@ fn quarantine(dir: &Path, path: &Path, valid_end: u64, salvage: bool) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn config() -> SpoolConfig {
         SpoolConfig {
@@ -1191,6 +1244,27 @@ mod tests {
         assert_eq!(rec.pending_records, 1);
         assert_eq!(spool.next_unsent().unwrap().unwrap().id, ids[0]);
         assert_eq!(spool.next_unsent().unwrap(), None);
+    }
+
+    #[test]
+    fn under_never_closed_segments_wait_for_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), config()).unwrap();
+        for _ in 0..9 {
+            stored(spool.append(vec![7; 180]).unwrap());
+        }
+        assert_eq!(spool.stats().segments, 3);
+        assert_eq!(spool.unsynced_sealed.len(), 2);
+        assert_eq!(spool.stats().unsynced_records, 9);
+        spool.maybe_sync(Instant::now()).unwrap();
+        assert_eq!(
+            spool.stats().unsynced_records,
+            9,
+            "Never does not sync on a tick"
+        );
+        spool.sync().unwrap();
+        assert_eq!(spool.stats().unsynced_records, 0);
+        assert!(spool.unsynced_sealed.is_empty() && !spool.dir_dirty);
     }
 
     #[test]
