@@ -54,7 +54,7 @@ pub struct Cli {
     /// Longest a row waits before its file is committed (e.g. 15s).
     #[arg(long, env = "LOOPLINE_INGEST_ROLL_AGE", value_parser = loopline_common::duration::parse)]
     pub roll_age: Option<Duration>,
-    /// Rows buffered over all partitions before the largest commits early.
+    /// Rows buffered over all partitions of all tables before the largest commits early.
     #[arg(long, env = "LOOPLINE_INGEST_MAX_BUFFERED_ROWS")]
     pub max_buffered_rows: Option<NonZeroUsize>,
     /// Messages larger than this many bytes are rejected.

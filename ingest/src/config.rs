@@ -28,14 +28,15 @@ pub struct IngestConfig {
     /// When set, subscribe through the MQTT shared subscription
     /// `$share/<share_group>/loopline/v1/+/+/+/telemetry`, so several ingesters split the load.
     pub share_group: Option<String>,
-    /// A file is committed once its partition buffers this many rows.
+    /// A file is committed once its partition (of any table) buffers this many rows.
     pub roll_rows: NonZeroUsize,
     /// A file is committed at the latest this long after its first row was buffered: the
     /// bound on how stale the lake is.
     #[serde(with = "loopline_common::duration")]
     pub roll_age: Duration,
-    /// Rows buffered over all partitions before the largest is committed early: the memory
-    /// budget (about 38 bytes a row).
+    /// Rows buffered over all partitions of all tables before the largest is committed early:
+    /// the memory budget (about 38 bytes a telemetry row; a health row, at most one per batch,
+    /// takes about 140).
     pub max_buffered_rows: NonZeroUsize,
     /// Messages larger than this are rejected as oversized.
     pub max_payload_bytes: usize,

@@ -64,13 +64,18 @@ pub async fn run(
         .map_err(|e| Error::Internal(format!("lake writer start panicked: {e}")))??;
     let commit_log = writer.commit_log_path().to_owned();
     let (tx, rx) = mpsc::channel(config.queue_capacity.get());
-    let mqtt = tokio::spawn(mqtt_task(
+    // Intake stops on shutdown, and also as soon as the writer fails: waiting for the next
+    // message to find the queue closed would leave ingest running, and acknowledging, while
+    // nothing arrives.
+    let intake = shutdown.child_token();
+    let mqtt = tokio::spawn(mqtt_task(config.clone(), tx, intake.clone(), stats.clone()));
+    let written = tokio::spawn(writer_task(
         config.clone(),
-        tx,
-        shutdown.clone(),
+        writer,
+        rx,
         stats.clone(),
+        intake,
     ));
-    let written = tokio::spawn(writer_task(config.clone(), writer, rx, stats.clone()));
 
     let mqtt_result = mqtt.await;
     // The writer ends once the MQTT task has dropped its end of the queue.
@@ -226,6 +231,7 @@ async fn writer_task(
     mut writer: LakeWriter,
     mut rx: mpsc::Receiver<Received>,
     stats: Arc<IngestStats>,
+    intake: CancellationToken,
 ) -> Result<()> {
     let mut logged = Logged::default();
     let result = async {
@@ -253,6 +259,7 @@ async fn writer_task(
             buffered_rows = writer.buffered_rows(),
             "the lake writer failed; buffered rows are lost and ingest stops"
         );
+        intake.cancel();
     }
     result
 }

@@ -167,7 +167,10 @@ impl<B: FromBatch> TableWriter<B> {
                     opened: now,
                 });
             self.buffered_rows += partition.rows.append_hour(batch, hour);
-            if partition.rows.rows() >= roll_rows {
+            if partition.rows.is_empty() {
+                // Never commit an empty file, whatever a table's `hours` promised.
+                self.partitions.remove(&key);
+            } else if partition.rows.rows() >= roll_rows {
                 full.push(key);
             }
         }
