@@ -28,6 +28,33 @@ pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
     })
 }
 
+/// Serde for any type that reads and writes itself as text (`FromStr` + `Display`), such as a
+/// policy written `"interval:200ms"`: `#[serde(with = "loopline_common::config::as_text")]`.
+/// The parse error names the value, and serde's error adds the key and the line.
+pub mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(
+        value: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub fn deserialize<'de, T, D>(deserializer: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +74,22 @@ mod tests {
             .to_string();
         assert!(err.contains("ingest.toml"), "{err}");
         assert!(err.contains("laek"), "{err}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct WithText {
+        #[serde(with = "as_text")]
+        port: std::num::NonZeroU16,
+    }
+
+    #[test]
+    fn text_values_parse_once_and_name_the_key() {
+        let ok: WithText = parse_toml(Path::new("a.toml"), "port = \"8080\"\n").unwrap();
+        assert_eq!(ok.port.get(), 8080);
+        let err = parse_toml::<WithText>(Path::new("a.toml"), "port = \"0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
     }
 
     #[test]

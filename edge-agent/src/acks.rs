@@ -45,10 +45,19 @@ use rumqttc::{Event, Outgoing, Packet, Publish, QoS, Request};
 /// What a tracked publish carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tracked {
-    /// A telemetry batch: its sequence number and its sample count (over all channels).
-    Batch { seq: u64, samples: u64 },
+    /// A telemetry batch: its spool record id, its sequence number and sample count (over all
+    /// channels), and whether an earlier boot of the agent sealed it (a spool replay after a
+    /// restart; its `seq` belongs to that boot).
+    Batch {
+        record: u64,
+        seq: u64,
+        samples: u64,
+        earlier_boot: bool,
+    },
     /// A retained device status (online on connect, offline at shutdown).
     Status { online: bool },
+    /// A retained model report.
+    ModelReport,
 }
 
 /// A publish the broker acknowledged.
@@ -90,7 +99,12 @@ pub struct AckCounts {
     pub batches_acked: u64,
     pub samples_acked: u64,
     pub statuses_acked: u64,
-    /// Lowest and highest acknowledged batch `seq`.
+    pub model_reports_acked: u64,
+    /// Batches sealed by an earlier boot and acknowledged now (spool replay after a restart),
+    /// and their samples. Not in `batches_acked`.
+    pub earlier_boot_batches_acked: u64,
+    pub earlier_boot_samples_acked: u64,
+    /// Lowest and highest acknowledged batch `seq` of this boot.
     pub first_acked_seq: Option<u64>,
     pub last_acked_seq: Option<u64>,
     /// Publishes put back for a re-send after a connection loss.
@@ -163,13 +177,22 @@ impl AckTracker {
         };
         let counts = &mut self.counts;
         match tracked {
-            Tracked::Batch { seq, samples } => {
+            Tracked::Batch {
+                samples,
+                earlier_boot: true,
+                ..
+            } => {
+                counts.earlier_boot_batches_acked += 1;
+                counts.earlier_boot_samples_acked += samples;
+            }
+            Tracked::Batch { seq, samples, .. } => {
                 counts.batches_acked += 1;
                 counts.samples_acked += samples;
                 counts.first_acked_seq = Some(counts.first_acked_seq.map_or(seq, |s| s.min(seq)));
                 counts.last_acked_seq = Some(counts.last_acked_seq.map_or(seq, |s| s.max(seq)));
             }
             Tracked::Status { .. } => counts.statuses_acked += 1,
+            Tracked::ModelReport => counts.model_reports_acked += 1,
         }
         Some(Acked { pkid, tracked })
     }
@@ -249,6 +272,11 @@ impl AckTracker {
             .count()
     }
 
+    /// Whether a model report is still awaiting its PUBACK.
+    pub fn model_report_outstanding(&self) -> bool {
+        self.pending_iter().any(|t| *t == Tracked::ModelReport)
+    }
+
     /// Whether a status publish of this kind is still awaiting its PUBACK.
     pub fn status_outstanding(&self, online: bool) -> bool {
         self.pending_iter()
@@ -283,7 +311,12 @@ mod tests {
     use rumqttc::{MqttState, PubAck};
 
     fn batch(seq: u64) -> Tracked {
-        Tracked::Batch { seq, samples: 10 }
+        Tracked::Batch {
+            record: seq,
+            seq,
+            samples: 10,
+            earlier_boot: false,
+        }
     }
 
     fn out(pkid: u16) -> Event {
@@ -552,7 +585,7 @@ mod tests {
         fn tracked_identity(t: Tracked) -> u64 {
             match t {
                 Tracked::Batch { seq, .. } => seq,
-                Tracked::Status { .. } => u64::MAX,
+                Tracked::Status { .. } | Tracked::ModelReport => u64::MAX,
             }
         }
 
@@ -712,7 +745,13 @@ mod tests {
                         if sim.tracker.outstanding_batches() < limit {
                             let seq = sim.next_seq;
                             sim.next_seq += 1;
-                            sim.submit(Tracked::Batch { seq, samples: 1 }, seq);
+                            let tracked = Tracked::Batch {
+                                record: seq,
+                                seq,
+                                samples: 1,
+                                earlier_boot: false,
+                            };
+                            sim.submit(tracked, seq);
                         }
                     }
                     Op::SubmitStatus => {

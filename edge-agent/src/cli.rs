@@ -4,14 +4,19 @@
 //! `LOOPLINE_BROKER`, shared by every Loopline binary). Clap reads both, flag over variable;
 //! [`Cli::apply`] lays whatever was given over the file's values.
 
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use clap::Parser;
 use loopline_common::BrokerUrl;
 use loopline_common::duration;
 use loopline_common::logging::LogFormat;
+
+use loopline_npusim::Profile;
+use loopline_spool::{FsyncPolicy, WhenFull};
 
 use crate::Result;
 use crate::config::AgentConfig;
@@ -45,7 +50,7 @@ pub struct Cli {
     #[arg(long)]
     pub check_config: bool,
 
-    /// MQTT broker, mqtt://host:port [default: mqtt://127.0.0.1:1883]
+    /// MQTT broker, mqtt://host:port or mqtts://host:port [default: mqtt://127.0.0.1:1883]
     #[arg(long, env = "LOOPLINE_BROKER", value_name = "URL")]
     pub broker: Option<BrokerUrl>,
 
@@ -95,10 +100,6 @@ pub struct Cli {
     #[arg(long, env = "LOOPLINE_AGENT_DRAIN_TIMEOUT", value_parser = duration::parse, value_name = "DURATION")]
     pub drain_timeout: Option<Duration>,
 
-    /// Model version reported in batches and status [default: none]
-    #[arg(long, env = "LOOPLINE_AGENT_MODEL_VERSION", value_name = "VERSION")]
-    pub model_version: Option<String>,
-
     /// Log format: human or json [default: human]
     #[arg(long, env = "LOOPLINE_AGENT_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -107,10 +108,71 @@ pub struct Cli {
     #[arg(long, env = "LOOPLINE_AGENT_REPORT_FILE", value_name = "FILE")]
     pub report_file: Option<PathBuf>,
 
-    /// Sealed batches held in memory per device until acknowledged; when full the oldest
-    /// waiting one is dropped and counted lost [default: 300]
-    #[arg(long, env = "LOOPLINE_AGENT_BUFFER_BATCHES", value_name = "N")]
-    pub buffer_batches: Option<NonZeroUsize>,
+    /// Line scenario: default, normal, bearing-wear, sensor-faults, recipe-change, or a TOML
+    /// file [default: default]
+    #[arg(long, env = "LOOPLINE_AGENT_SCENARIO", value_name = "NAME|FILE")]
+    pub scenario: Option<String>,
+
+    /// Simulated NPU: hailo-8l, hailo-8, rk3588, dx-m1 [default: hailo-8l]
+    #[arg(long, env = "LOOPLINE_AGENT_NPU_PROFILE", value_name = "PROFILE")]
+    pub npu_profile: Option<Profile>,
+
+    /// NPU faults to inject, comma-separated kind@time, e.g. overheat@40s,reset@50s
+    #[arg(
+        long,
+        env = "LOOPLINE_AGENT_NPU_FAULTS",
+        value_delimiter = ',',
+        value_name = "KIND@TIME,..."
+    )]
+    pub npu_faults: Option<Vec<String>>,
+
+    /// Inference window length [default: 1s]
+    #[arg(long, env = "LOOPLINE_AGENT_WINDOW", value_parser = duration::parse, value_name = "DURATION")]
+    pub window: Option<Duration>,
+
+    /// Folder of the spool and accepted models [default: loopline-agent-state]
+    #[arg(long, env = "LOOPLINE_AGENT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Spool cap per device, e.g. 64MiB [default: 64 MiB]
+    #[arg(long, env = "LOOPLINE_AGENT_SPOOL_MAX_BYTES", value_name = "SIZE")]
+    pub spool_max_bytes: Option<ByteSize>,
+
+    /// Spool segment size [default: 4 MiB]
+    #[arg(long, env = "LOOPLINE_AGENT_SPOOL_SEGMENT_BYTES", value_name = "SIZE")]
+    pub spool_segment_bytes: Option<ByteSize>,
+
+    /// Spool fsync policy: always, interval:DURATION, never [default: interval:200ms]
+    #[arg(long, env = "LOOPLINE_AGENT_SPOOL_FSYNC", value_name = "POLICY")]
+    pub spool_fsync: Option<FsyncPolicy>,
+
+    /// When the spool is full: block or drop_oldest [default: block]
+    #[arg(long, env = "LOOPLINE_AGENT_SPOOL_WHEN_FULL", value_name = "POLICY")]
+    pub spool_when_full: Option<WhenFull>,
+
+    /// Model artifact (safetensors) to start with instead of the bootstrap model
+    #[arg(long, env = "LOOPLINE_AGENT_MODEL_FILE", value_name = "FILE")]
+    pub model_file: Option<PathBuf>,
+
+    /// Ed25519 public key (hex) that model releases must be signed with
+    #[arg(long, env = "LOOPLINE_AGENT_MODEL_PUBLIC_KEY", value_name = "HEX")]
+    pub model_public_key: Option<String>,
+
+    /// CA certificates (PEM) to trust for an mqtts:// broker
+    #[arg(long, env = "LOOPLINE_AGENT_TLS_CA_FILE", value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for brokers that authenticate by certificate
+    #[arg(long, env = "LOOPLINE_AGENT_TLS_CLIENT_CERT_FILE", value_name = "FILE")]
+    pub tls_client_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of the client certificate
+    #[arg(long, env = "LOOPLINE_AGENT_TLS_CLIENT_KEY_FILE", value_name = "FILE")]
+    pub tls_client_key_file: Option<PathBuf>,
+
+    /// Serve Prometheus /metrics and /healthz on this address, e.g. 127.0.0.1:9465
+    #[arg(long, env = "LOOPLINE_AGENT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Cli {
@@ -142,11 +204,33 @@ impl Cli {
         set(&mut config.keep_alive, &self.keep_alive);
         set(&mut config.client_id_prefix, &self.client_id_prefix);
         set(&mut config.drain_timeout, &self.drain_timeout);
-        set(&mut config.model_version, &self.model_version);
         set(&mut config.log_format, &self.log_format);
-        set(&mut config.buffer_batches, &self.buffer_batches);
-        if self.report_file.is_some() {
-            config.report_file = self.report_file.clone();
+        set(&mut config.scenario, &self.scenario);
+        set(&mut config.npu_profile, &self.npu_profile);
+        set(&mut config.npu_faults, &self.npu_faults);
+        set(&mut config.window, &self.window);
+        set(&mut config.state_dir, &self.state_dir);
+        set(&mut config.spool_max_bytes, &self.spool_max_bytes);
+        set(&mut config.spool_segment_bytes, &self.spool_segment_bytes);
+        set(&mut config.spool_fsync, &self.spool_fsync);
+        set(&mut config.spool_when_full, &self.spool_when_full);
+        let optional = [
+            (&mut config.report_file, &self.report_file),
+            (&mut config.model_file, &self.model_file),
+            (&mut config.tls_ca_file, &self.tls_ca_file),
+            (&mut config.tls_client_cert_file, &self.tls_client_cert_file),
+            (&mut config.tls_client_key_file, &self.tls_client_key_file),
+        ];
+        for (target, value) in optional {
+            if value.is_some() {
+                target.clone_from(value);
+            }
+        }
+        if self.model_public_key.is_some() {
+            config.model_public_key.clone_from(&self.model_public_key);
+        }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
         }
         config
     }

@@ -6,13 +6,20 @@
 //! file's values. After [`AgentConfig::validate`] no later code re-checks a value.
 
 use std::collections::HashSet;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use loopline_common::BrokerUrl;
 use loopline_common::logging::LogFormat;
+use loopline_common::tls::TlsConfig;
+use loopline_linesim::Scenario;
+use loopline_model::release::VerifyingKey;
+use loopline_npusim::{FaultSchedule, Profile};
 use loopline_proto::v1::DeviceId;
+use loopline_spool::{FsyncPolicy, SpoolConfig, WhenFull};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -24,11 +31,6 @@ pub const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const DEFAULT_SAMPLE_RATE_HZ: NonZeroU32 = match NonZeroU32::new(1000) {
     Some(rate) => rate,
     None => panic!("the default sample rate is not zero"),
-};
-
-const DEFAULT_BUFFER_BATCHES: NonZeroUsize = match NonZeroUsize::new(300) {
-    Some(n) => n,
-    None => panic!("the default buffer is not zero"),
 };
 
 /// Everything the agent can be told. Every key of `agent.example.toml` maps to one field.
@@ -64,17 +66,65 @@ pub struct AgentConfig {
     /// What is still unacknowledged after it is counted as lost.
     #[serde(with = "loopline_common::duration")]
     pub drain_timeout: Duration,
-    /// Model version reported in batches and status (no model runs in this version).
-    pub model_version: String,
     /// Log lines as `human` text or `json` objects (stderr). `RUST_LOG` sets the filter.
     pub log_format: LogFormat,
     /// Where to write a JSON report of what was sealed, acknowledged and lost, at exit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_file: Option<PathBuf>,
-    /// Sealed batches a device holds in memory until the broker acknowledges them (handed to
-    /// the MQTT client or waiting). When full, the oldest batch not yet handed over is dropped
-    /// and counted lost: the sensors do not wait for the network.
-    pub buffer_batches: NonZeroUsize,
+    /// The line scenario each device's simulator plays: a built-in name (`default`, `normal`,
+    /// `bearing-wear`, `sensor-faults`, `recipe-change`) or the path of a scenario TOML file.
+    pub scenario: String,
+    /// The NPU the model runs on (simulated): `hailo-8l`, `hailo-8`, `rk3588` or `dx-m1`.
+    #[serde(with = "loopline_common::config::as_text")]
+    pub npu_profile: Profile,
+    /// NPU faults to inject, as `kind@time-from-start`: `overheat@40s`, `ecc@10s`,
+    /// `uncorrectable@20s`, `reset@50s`.
+    pub npu_faults: Vec<String>,
+    /// The model scores every window of this length, per device.
+    #[serde(with = "loopline_common::duration")]
+    pub window: Duration,
+    /// Folder of the agent's durable state: `spool/<device>/` (batches not yet acknowledged by
+    /// the broker) and `model/` (the last accepted model release). Keep it on persistent
+    /// storage; systemd's unit points it at /var/lib/loopline-agent.
+    pub state_dir: PathBuf,
+    /// Most bytes one device's spool holds, e.g. "64 MiB". What happens then is
+    /// `spool_when_full`.
+    pub spool_max_bytes: ByteSize,
+    /// Size at which a spool segment file is closed (fsynced) and a new one started.
+    pub spool_segment_bytes: ByteSize,
+    /// When spooled batches are fsynced: `always` (before publishing; survives power loss),
+    /// `interval:<duration>` (survives a crash or kill of the agent; a power cut may lose that
+    /// interval), or `never` (leave it to the OS).
+    #[serde(with = "loopline_common::config::as_text")]
+    pub spool_fsync: FsyncPolicy,
+    /// When the spool is full: `block` (stop sealing until the broker acknowledges; the
+    /// sensors' samples wait, nothing is dropped) or `drop_oldest` (drop the oldest batches,
+    /// counted and logged as lost).
+    #[serde(with = "loopline_common::config::as_text")]
+    pub spool_when_full: WhenFull,
+    /// A model artifact (safetensors) to start with. Without it the agent starts with the
+    /// last release it accepted (in `state_dir`), else with its bootstrap model, fitted at
+    /// start-up on simulated normal data (deterministic per `seed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_file: Option<PathBuf>,
+    /// Ed25519 public key (64 hex digits) that model releases must be signed with. Without it
+    /// every release is refused (and reported as such).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_public_key: Option<String>,
+    /// PEM file of the certificate authorities to trust for an `mqtts://` broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate clients by certificate (with
+    /// `tls_client_key_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address (e.g. 127.0.0.1:9465); off
+    /// when not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for AgentConfig {
@@ -91,10 +141,23 @@ impl Default for AgentConfig {
             keep_alive: Duration::from_secs(15),
             client_id_prefix: "loopline-agent".to_owned(),
             drain_timeout: Duration::from_secs(10),
-            model_version: "none".to_owned(),
             log_format: LogFormat::Human,
             report_file: None,
-            buffer_batches: DEFAULT_BUFFER_BATCHES,
+            scenario: "default".to_owned(),
+            npu_profile: Profile::Hailo8L,
+            npu_faults: Vec::new(),
+            window: Duration::from_secs(1),
+            state_dir: PathBuf::from("loopline-agent-state"),
+            spool_max_bytes: ByteSize::mib(64),
+            spool_segment_bytes: ByteSize::mib(4),
+            spool_fsync: FsyncPolicy::Interval(Duration::from_millis(200)),
+            spool_when_full: WhenFull::Block,
+            model_file: None,
+            model_public_key: None,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            metrics_listen: None,
         }
     }
 }
@@ -118,9 +181,9 @@ impl AgentConfig {
         })
     }
 
-    /// Checks every value once, at start-up, and returns the device identities in the order
-    /// given. Each error names the key that is wrong.
-    pub fn validate(&self) -> Result<Vec<DeviceId>> {
+    /// Checks every value once, at start-up, and returns them parsed. Each error names the
+    /// key that is wrong.
+    pub fn validate(&self) -> Result<Validated> {
         let bad = |key: &'static str, reason: String| Error::Config { key, reason };
         loopline_proto::topic::validate_segment("site", &self.site)
             .map_err(|e| bad("site", e.to_string()))?;
@@ -169,13 +232,108 @@ impl AgentConfig {
         // Client ids follow the identity rules too: every broker accepts them.
         loopline_proto::topic::validate_segment("client_id_prefix", &self.client_id_prefix)
             .map_err(|e| bad("client_id_prefix", e.to_string()))?;
-        if self.model_version.is_empty() {
+        let scenario = load_scenario(&self.scenario).map_err(|reason| bad("scenario", reason))?;
+        let npu_faults = self
+            .npu_faults
+            .iter()
+            .map(|entry| entry.parse())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(FaultSchedule::new)
+            .map_err(|e| bad("npu_faults", e.to_string()))?;
+        if self.window < Duration::from_millis(100) {
             return Err(bad(
-                "model_version",
-                "must not be empty (\"none\" when no model runs)".to_owned(),
+                "window",
+                format!(
+                    "{} is too short: at least 100ms",
+                    loopline_common::duration::format(self.window)
+                ),
             ));
         }
-        Ok(ids)
+        let window_samples =
+            u128::from(self.sample_rate_hz.get()) * self.window.as_micros() / 1_000_000;
+        if window_samples < 8 {
+            return Err(bad(
+                "window",
+                format!(
+                    "{} holds {window_samples} samples at {} Hz; the features need at least 8",
+                    loopline_common::duration::format(self.window),
+                    self.sample_rate_hz
+                ),
+            ));
+        }
+        if self.spool_segment_bytes.as_u64() < 64 * 1024 {
+            return Err(bad(
+                "spool_segment_bytes",
+                "must be at least 64 KiB".to_owned(),
+            ));
+        }
+        if self.spool_max_bytes < self.spool_segment_bytes {
+            return Err(bad(
+                "spool_max_bytes",
+                format!(
+                    "{} is smaller than spool_segment_bytes ({})",
+                    self.spool_max_bytes, self.spool_segment_bytes
+                ),
+            ));
+        }
+        let model_public_key = match &self.model_public_key {
+            None => None,
+            Some(hex) => Some(
+                loopline_model::release::verifying_key_from_hex(hex)
+                    .map_err(|e| bad("model_public_key", e.to_string()))?,
+            ),
+        };
+        let tls = self.tls();
+        self.broker
+            .mqtt_options_tls("check", self.keep_alive, &tls)
+            .map_err(|e| bad("broker", e.to_string()))?;
+        Ok(Validated {
+            devices: ids,
+            scenario,
+            npu_faults,
+            model_public_key,
+            tls,
+        })
+    }
+
+    /// The TLS settings as one value.
+    pub fn tls(&self) -> TlsConfig {
+        TlsConfig {
+            ca_file: self.tls_ca_file.clone(),
+            client_cert_file: self.tls_client_cert_file.clone(),
+            client_key_file: self.tls_client_key_file.clone(),
+        }
+    }
+
+    /// The spool settings of one device.
+    pub fn spool_config(&self) -> SpoolConfig {
+        SpoolConfig {
+            max_bytes: self.spool_max_bytes.as_u64(),
+            segment_bytes: self.spool_segment_bytes.as_u64(),
+            fsync: self.spool_fsync,
+            when_full: self.spool_when_full,
+            cache_bytes: SpoolConfig::default_cache_bytes(),
+        }
+    }
+
+    /// Where one device's spool lives.
+    pub fn spool_dir(&self, device: &DeviceId) -> PathBuf {
+        self.state_dir
+            .join("spool")
+            .join(&device.site)
+            .join(&device.line)
+            .join(&device.device)
+    }
+
+    /// Where accepted model releases are kept.
+    pub fn model_dir(&self) -> PathBuf {
+        self.state_dir.join("model")
+    }
+
+    /// Samples per sensor in one inference window (at least 8 after `validate`).
+    pub fn window_samples(&self) -> u64 {
+        u64::try_from(u128::from(self.sample_rate_hz.get()) * self.window.as_micros() / 1_000_000)
+            .unwrap_or(u64::MAX)
     }
 
     /// Whole samples per sensor in one `batch_interval` (rounded down).
@@ -189,6 +347,27 @@ impl AgentConfig {
             "{}-{}-{}-{}",
             self.client_id_prefix, device.site, device.line, device.device
         )
+    }
+}
+
+/// What [`AgentConfig::validate`] parsed: the values no later code re-checks.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// Device identities, in the order configured.
+    pub devices: Vec<DeviceId>,
+    pub scenario: Scenario,
+    pub npu_faults: FaultSchedule,
+    pub model_public_key: Option<VerifyingKey>,
+    pub tls: TlsConfig,
+}
+
+/// A built-in scenario by name, else a scenario file by path.
+fn load_scenario(name_or_path: &str) -> std::result::Result<Scenario, String> {
+    let path = Path::new(name_or_path);
+    if name_or_path.ends_with(".toml") || path.exists() {
+        Scenario::load(path).map_err(|e| e.to_string())
+    } else {
+        Scenario::named(name_or_path).map_err(|e| e.to_string())
     }
 }
 

@@ -1,19 +1,23 @@
-//! The Loopline edge agent, spine version: simulated sensors, sealed batches, QoS 1
-//! publishing with acknowledgement tracking, clean shutdown.
+//! The Loopline edge agent: a production line's sensors (simulated), windowed int8 inference
+//! on a (simulated) NPU, a durable spool, QoS 1 publishing acknowledged end to end, signed
+//! model updates, clean shutdown.
 //!
 //! How this crate is laid out:
 //! - [`config`]: [`AgentConfig`], its defaults and its start-up checks; [`cli`]: the flags and
 //!   environment variables laid over it.
-//! - [`signal`]: the deterministic signal generator (four sensors per device), and the sample
-//!   index → timestamp arithmetic everything else relies on.
-//! - [`batch`]: sealing a run of samples into a `TelemetryBatch` (pure, no I/O).
+//! - [`batch`]: sealing a run of samples from the line simulator ([`loopline_linesim`]) into
+//!   a `TelemetryBatch`, with inference results, health and labels (pure, no I/O).
+//! - [`inference`]: cutting samples into windows and scoring them with the int8 model
+//!   ([`loopline_model`]) on the NPU simulator ([`loopline_npusim`]); [`bootstrap`]: the
+//!   model a device runs before any release reaches it.
+//! - [`update`]: verifying signed model releases and the model state a device reports.
 //! - [`acks`]: the pure state machine that follows each QoS 1 publish through rumqttc to its
 //!   PUBACK, across reconnections. Its module documentation explains why
 //!   `AsyncClient::publish` returning is not an acknowledgement.
-//! - `device`: per device, a task that owns the MQTT event loop and one that seals and
-//!   publishes; the only module doing network I/O.
-//! - [`stats`]: shared counters; [`report`]: what a run did, per device; [`clock`]: the
-//!   injected start time.
+//! - `device`: per device, a task that owns the MQTT event loop and one that owns the spool
+//!   ([`loopline_spool`]) and the sealer; the only module doing network I/O.
+//! - [`metrics`]: the optional Prometheus endpoint; [`stats`]: shared counters; [`report`]:
+//!   what a run did, per device; [`clock`]: the injected start time.
 //!
 //! [`run`] ties them together: one device task per configured device, all watching one
 //! cancellation token. The `loopline-agent` binary is a thin wrapper around it, and the
@@ -28,13 +32,18 @@ use tracing::info;
 
 pub mod acks;
 pub mod batch;
+pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;
 mod device;
+pub mod inference;
+pub mod metrics;
 pub mod report;
-pub mod signal;
 pub mod stats;
+pub mod update;
+
+pub use loopline_linesim::samples_before;
 
 pub use config::AgentConfig;
 pub use device::MAX_IN_FLIGHT_BATCHES;
@@ -62,6 +71,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// FNV-1a, 64 bit: a stable hash of a device name (std's hasher is randomised per process),
+/// to derive per-device seeds.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
 /// Runs the agent until `shutdown` is cancelled (or, with `config.batches` > 0, until every
 /// device has sealed that many batches), then drains and reports.
 ///
@@ -78,7 +98,8 @@ pub async fn run(
     shutdown: CancellationToken,
     stats: Arc<AgentStats>,
 ) -> Result<AgentReport> {
-    let devices = config.validate()?;
+    let setup = Arc::new(config.validate()?);
+    let devices = setup.devices.clone();
     let clock = clock::AgentClock::starting_at(clock_start_us.unwrap_or_else(clock::wall_clock_us));
     let config = Arc::new(config);
     info!(
@@ -87,16 +108,31 @@ pub async fn run(
         line = %config.line,
         broker = %config.broker,
         sample_rate_hz = config.sample_rate_hz.get(),
+        scenario = %config.scenario,
+        npu = %config.npu_profile,
         batch_interval = %loopline_common::duration::format(config.batch_interval),
         batches = config.batches,
         "agent starting"
     );
+
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            metrics::serve(addr, Arc::clone(&stats), shutdown.clone())
+                .await
+                .map_err(|e| Error::Config {
+                    key: "metrics_listen",
+                    reason: format!("cannot listen on {addr}: {e}"),
+                })?,
+        ),
+        None => None,
+    };
 
     let mut tasks = JoinSet::new();
     for (index, id) in devices.iter().enumerate() {
         let spec = device::DeviceSpec {
             id: id.clone(),
             config: Arc::clone(&config),
+            setup: Arc::clone(&setup),
             clock,
             shutdown: shutdown.clone(),
             stats: Arc::clone(&stats),
@@ -120,6 +156,9 @@ pub async fn run(
             }
         }
     }
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -132,6 +171,7 @@ pub async fn run(
     let snapshot = stats.snapshot();
     info!(
         batches_acked = report.batches_acked(),
+        pending_batches = report.pending_batches(),
         lost_batches = report.lost_batches(),
         connection_errors = snapshot.connection_errors,
         "agent stopped"

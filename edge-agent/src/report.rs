@@ -31,8 +31,22 @@ pub struct DeviceReport {
     pub last_seq: Option<u64>,
     /// Batches sealed but never acknowledged (dropped from a full buffer, or unacknowledged
     /// when the drain ended), and their samples.
+    /// Batches an earlier boot left in the spool, acknowledged during this run.
+    pub earlier_boot_batches_acked: u64,
+    pub earlier_boot_samples_acked: u64,
+    /// Batches still in the spool at exit (not acknowledged yet): sent at the next start.
+    pub pending_batches: u64,
+    /// Samples of this run's batches among them.
+    pub pending_samples: u64,
+    /// Batches that never made it into the spool or were dropped from it: lost.
     pub lost_batches: u64,
     pub lost_samples: u64,
+    /// Inference windows scored, flagged anomalous, and failed on the NPU.
+    pub windows_scored: u64,
+    pub anomalies: u64,
+    pub failed_inferences: u64,
+    /// Model running at exit.
+    pub model_version: String,
 }
 
 impl AgentReport {
@@ -42,6 +56,10 @@ impl AgentReport {
     }
 
     /// Batches acknowledged over all devices.
+    pub fn pending_batches(&self) -> u64 {
+        self.devices.iter().map(|d| d.pending_batches).sum()
+    }
+
     pub fn batches_acked(&self) -> u64 {
         self.devices.iter().map(|d| d.batches_acked).sum()
     }
@@ -97,8 +115,16 @@ mod tests {
                 samples_acked: 20,
                 first_seq: Some(0),
                 last_seq: Some(4),
+                earlier_boot_batches_acked: 0,
+                earlier_boot_samples_acked: 0,
+                pending_batches: 0,
+                pending_samples: 0,
                 lost_batches: 0,
                 lost_samples: 0,
+                windows_scored: 2,
+                anomalies: 0,
+                failed_inferences: 0,
+                model_version: "m".into(),
             }],
         };
         report.write_json(&path).unwrap();

@@ -19,6 +19,8 @@ pub struct AgentStats {
     connection_errors: AtomicU64,
     lost_batches: AtomicU64,
     lost_samples: AtomicU64,
+    windows_scored: AtomicU64,
+    anomalies: AtomicU64,
 }
 
 /// A point-in-time copy of [`AgentStats`]. Samples count every value of every channel.
@@ -35,6 +37,9 @@ pub struct StatsSnapshot {
     /// Batches given up on: dropped from a full buffer, or unacknowledged at shutdown.
     pub lost_batches: u64,
     pub lost_samples: u64,
+    /// Inference windows the model scored, and those it flagged as anomalous.
+    pub windows_scored: u64,
+    pub anomalies: u64,
 }
 
 impl AgentStats {
@@ -52,6 +57,8 @@ impl AgentStats {
             connection_errors: get(&self.connection_errors),
             lost_batches: get(&self.lost_batches),
             lost_samples: get(&self.lost_samples),
+            windows_scored: get(&self.windows_scored),
+            anomalies: get(&self.anomalies),
         }
     }
 
@@ -63,6 +70,11 @@ impl AgentStats {
     pub(crate) fn acked(&self, samples: u64) {
         self.batches_acked.fetch_add(1, Ordering::Relaxed);
         self.samples_acked.fetch_add(samples, Ordering::Relaxed);
+    }
+
+    pub(crate) fn scored(&self, windows: u64, anomalies: u64) {
+        self.windows_scored.fetch_add(windows, Ordering::Relaxed);
+        self.anomalies.fetch_add(anomalies, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_error(&self) {
@@ -97,6 +109,8 @@ mod tests {
                 connection_errors: 1,
                 lost_batches: 1,
                 lost_samples: 40,
+                windows_scored: 0,
+                anomalies: 0,
             }
         );
     }

@@ -16,7 +16,10 @@ use loopline_agent::{AgentConfig, AgentStats, run};
 use loopline_common::{BrokerUrl, CancellationToken};
 use loopline_proto::Message;
 use loopline_proto::topic::{self, Kind};
-use loopline_proto::v1::{DeviceStatus, TelemetryBatch, device_status::State};
+use loopline_proto::v1::model_report::State as ModelState;
+use loopline_proto::v1::{
+    DeviceStatus, ModelRelease, ModelReport, TelemetryBatch, device_status::State,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopline-agent");
@@ -165,14 +168,17 @@ fn mosquitto_wanted() -> Option<bool> {
 
 impl Broker {
     fn start() -> Broker {
-        let port = free_port();
+        Broker::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Broker {
         if mosquitto_wanted() != Some(false)
             && let Some(broker) = Broker::mosquitto_on(port)
         {
             announce(&format!("agent tests: mosquitto on 127.0.0.1:{port}"));
             return broker;
         }
-        let url = loopline_common::embedded_broker::start_on_free_port().unwrap();
+        let url = loopline_common::embedded_broker::start(([127, 0, 0, 1], port).into()).unwrap();
         announce(&format!(
             "agent tests: mosquitto not used; embedded broker on {url}"
         ));
@@ -292,9 +298,10 @@ impl Recorder {
     }
 }
 
-fn test_config(broker: &Broker, devices: &[&str]) -> AgentConfig {
+fn test_config(broker: &Broker, devices: &[&str], state: &Path) -> AgentConfig {
     AgentConfig {
         broker: broker.url(),
+        state_dir: state.to_owned(),
         site: "plant".into(),
         line: "l1".into(),
         devices: devices.iter().map(|d| d.to_string()).collect(),
@@ -311,8 +318,10 @@ async fn publishes_exactly_n_contiguous_batches_per_device() {
     let broker = Broker::start();
     let recorder = Recorder::start(&broker).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&broker, &["a", "b"]);
+    let mut config = test_config(&broker, &["a", "b"], dir.path());
     config.report_file = Some(dir.path().join("report.json"));
+    // Short windows, so that five 100 ms batches hold inference results.
+    config.window = Duration::from_millis(100);
     let t0 = 1_700_000_000_000_000;
     let stats = Arc::new(AgentStats::new());
     let report = tokio::time::timeout(
@@ -346,6 +355,7 @@ async fn publishes_exactly_n_contiguous_batches_per_device() {
     // What the broker delivered: per device, seq 0..4 whose timestamps join up from t0.
     let mut batches: BTreeMap<String, Vec<TelemetryBatch>> = BTreeMap::new();
     let mut statuses: BTreeMap<String, Vec<DeviceStatus>> = BTreeMap::new();
+    let mut reports: BTreeMap<String, Vec<ModelReport>> = BTreeMap::new();
     for (topic, payload) in messages {
         let parsed = topic::parse(&topic).unwrap();
         match parsed.kind {
@@ -358,10 +368,20 @@ async fn publishes_exactly_n_contiguous_batches_per_device() {
                 .entry(parsed.device.device)
                 .or_default()
                 .push(DeviceStatus::decode(payload.as_slice()).unwrap()),
-            Kind::Model | Kind::ModelReport => {}
+            Kind::ModelReport => reports
+                .entry(parsed.device.device)
+                .or_default()
+                .push(ModelReport::decode(payload.as_slice()).unwrap()),
+            Kind::Model => {}
         }
     }
     for (name, device) in ["a", "b"].iter().zip(&report.devices) {
+        // The bootstrap model ran from the first second, and the device said so.
+        assert!(device.model_version.starts_with("bootstrap-"), "{device:?}");
+        let model_report = reports[*name].last().unwrap();
+        assert_eq!(model_report.state, ModelState::Running as i32);
+        assert_eq!(model_report.running_version, device.model_version);
+        assert_eq!(statuses[*name][0].npu_profile, "hailo-8l");
         let mut got = batches.remove(*name).unwrap();
         got.sort_by_key(|b| b.seq);
         assert_eq!(
@@ -377,7 +397,17 @@ async fn publishes_exactly_n_contiguous_batches_per_device() {
                 "gap or overlap before seq {}",
                 batch.seq
             );
-            assert_eq!(batch.channels.len(), 4);
+            assert_eq!(batch.channels.len(), 8);
+            assert_eq!(batch.model_version, device.model_version);
+            // 100 samples per batch and per window: one scored window each, and a health
+            // snapshot from the NPU.
+            assert_eq!(batch.inferences.len(), 1, "seq {}", batch.seq);
+            let inference = &batch.inferences[0];
+            assert!(inference.score.is_finite() && inference.latency_us > 0);
+            assert_eq!(inference.model_version, device.model_version);
+            let health = batch.health.as_ref().unwrap();
+            assert!(health.npu_temperature_c > 0.0 && health.npu_power_w > 0.0);
+            assert!(health.npu_clock_mhz > 0);
             let ts: Vec<Vec<i64>> = batch
                 .channels
                 .iter()
@@ -414,7 +444,8 @@ async fn a_broker_restart_loses_nothing() {
         return;
     };
     let port = broker.port;
-    let mut config = test_config(&broker, &["a"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&broker, &["a"], dir.path());
     config.batches = 30;
     let stats = Arc::new(AgentStats::new());
     let agent = tokio::spawn(run(
@@ -441,31 +472,476 @@ async fn a_broker_restart_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_without_a_broker_counts_what_is_lost() {
-    // A port nothing listens on.
+async fn what_the_broker_never_acknowledged_is_sent_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on yet.
     let port = free_port();
     let config = AgentConfig {
         broker: BrokerUrl::new("127.0.0.1", port),
+        state_dir: dir.path().to_owned(),
         batch_interval: Duration::from_millis(50),
         drain_timeout: Duration::from_millis(200),
         ..AgentConfig::default()
     };
     let token = CancellationToken::new();
     let stats = Arc::new(AgentStats::new());
-    let agent = tokio::spawn(run(config, None, token.clone(), Arc::clone(&stats)));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let agent = tokio::spawn(run(config.clone(), None, token.clone(), Arc::clone(&stats)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
     token.cancel();
-    let report = tokio::time::timeout(Duration::from_secs(10), agent)
+    let first = tokio::time::timeout(Duration::from_secs(10), agent)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    let device = &report.devices[0];
-    assert!(device.batches_sealed >= 3, "{device:?}");
-    assert_eq!(device.batches_acked, 0);
-    assert_eq!(device.lost_batches, device.batches_sealed);
-    let snapshot = stats.snapshot();
-    assert_eq!(snapshot.lost_batches, device.batches_sealed);
-    assert_eq!(snapshot.lost_samples, snapshot.samples_sealed);
-    assert!(snapshot.connection_errors > 0);
+    let first = first.devices[0].clone();
+    assert!(first.batches_sealed >= 3, "{first:?}");
+    assert_eq!(first.batches_acked, 0);
+    // Nothing is lost: it all waits in the spool.
+    assert_eq!(first.lost_batches, 0, "{first:?}");
+    assert_eq!(first.pending_batches, first.batches_sealed);
+    assert!(stats.snapshot().connection_errors > 0);
+
+    // The broker comes; the next start sends the earlier boot's batches first.
+    let broker = Broker::start_on(port);
+    let mut config = config;
+    config.batches = 2;
+    config.drain_timeout = Duration::from_secs(10);
+    let recorder = Recorder::start(&broker).await;
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(
+            config,
+            None,
+            CancellationToken::new(),
+            Arc::new(AgentStats::new()),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let second = &second.devices[0];
+    assert_eq!(
+        second.earlier_boot_batches_acked, first.batches_sealed,
+        "{second:?}"
+    );
+    assert_eq!(second.batches_acked, 2);
+    assert_eq!(second.pending_batches, 0);
+    let messages = recorder.stop().await;
+    let mut earlier: Vec<u64> = messages
+        .iter()
+        .filter(|(topic, _)| topic.ends_with("/telemetry"))
+        .map(|(_, payload)| TelemetryBatch::decode(payload.as_slice()).unwrap())
+        .filter(|batch| batch.boot_id == first.boot_id)
+        .map(|batch| batch.seq)
+        .collect();
+    earlier.sort_unstable();
+    assert_eq!(earlier, (0..first.batches_sealed).collect::<Vec<_>>());
+}
+
+/// Sends SIGTERM (what systemd sends) so that Mosquitto saves its persistence file.
+fn terminate(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for _ in 0..100 {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("mosquitto did not stop on SIGTERM");
+}
+
+/// Telemetry batches among recorded messages, grouped by (device, boot_id) with their
+/// payloads, so that a re-sent batch can be compared with the first copy.
+fn batches_by_boot(
+    messages: &[(String, Vec<u8>)],
+) -> BTreeMap<(String, String), BTreeMap<u64, Vec<u8>>> {
+    let mut out: BTreeMap<(String, String), BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+    for (topic, payload) in messages {
+        if !topic.ends_with("/telemetry") {
+            continue;
+        }
+        let batch = TelemetryBatch::decode(payload.as_slice()).unwrap();
+        let device = batch.device.as_ref().unwrap().device.clone();
+        let seen = out.entry((device, batch.boot_id.clone())).or_default();
+        if let Some(first) = seen.get(&batch.seq) {
+            assert_eq!(
+                first, payload,
+                "seq {} was re-sent with other content",
+                batch.seq
+            );
+        }
+        seen.insert(batch.seq, payload.clone());
+    }
+    out
+}
+
+/// The seqs a spool folder still holds, by boot_id.
+fn spooled_seqs(dir: &Path) -> BTreeMap<String, Vec<u64>> {
+    let (mut spool, _) =
+        loopline_spool::Spool::open(dir, loopline_spool::SpoolConfig::default()).unwrap();
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    while let Some(record) = spool.next_unsent().unwrap() {
+        let batch = TelemetryBatch::decode(record.payload.as_slice()).unwrap();
+        out.entry(batch.boot_id).or_default().push(batch.seq);
+    }
+    spool.close().unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_spooled_batch() {
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spool_dir = state.path().join("spool/site-1/line-1/k");
+    let agent_args = |batches: u64| {
+        let mut command = agent_command();
+        command
+            .args(["--broker", &format!("mqtt://127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--devices", "k", "--batch-interval", "50ms"])
+            .args(["--window", "200ms", "--spool-fsync", "interval:1s"])
+            .args(["--batches", &batches.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+
+    // With Mosquitto: publish for a while, lose the broker, keep spooling, then SIGKILL.
+    // Without it the agent spools against a port where nothing listens yet.
+    let mut recorded = Vec::new();
+    let mosquitto = Broker::mosquitto_on(port);
+    let mut agent = agent_args(0).spawn().unwrap();
+    match mosquitto {
+        Some(mut broker) => {
+            announce("agent tests: sigkill test publishes to mosquitto, then loses it");
+            let recorder = Recorder::start(&broker).await;
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            recorded.extend(recorder.stop().await);
+            terminate(broker.child.as_mut().unwrap());
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+        }
+        None => {
+            announce("agent tests: mosquitto is not installed; the sigkill test spools offline");
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+
+    let spooled = spooled_seqs(&spool_dir);
+    assert_eq!(spooled.len(), 1, "one boot in the spool: {spooled:?}");
+    let (boot, pending) = spooled.iter().next().unwrap();
+    assert!(
+        pending.len() >= 5,
+        "the spool should hold the outage: {pending:?}"
+    );
+
+    // Restart everything: the agent sends what the killed boot left before anything new.
+    let broker = Broker::start_on(port);
+    let recorder = Recorder::start(&broker).await;
+    let restarted = agent_args(3).output().unwrap();
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    recorded.extend(recorder.stop().await);
+
+    let by_boot = batches_by_boot(&recorded);
+    let killed: Vec<u64> = by_boot[&("k".to_owned(), boot.clone())]
+        .keys()
+        .copied()
+        .collect();
+    let last = *pending.last().unwrap();
+    assert_eq!(
+        killed,
+        (0..=last).collect::<Vec<_>>(),
+        "every batch the killed agent spooled arrived"
+    );
+    assert!(spooled_seqs(&spool_dir).is_empty(), "the spool drained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_for_a_minute_under_load_loses_no_sample() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\nmax_queued_messages 1000000\nmax_queued_bytes 0\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let start_mosquitto = || -> Option<Child> {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(child);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto did not start listening on port {port}");
+    };
+    let Some(mut mosquitto) = start_mosquitto() else {
+        assert_ne!(mosquitto_wanted(), Some(true), "mosquitto cannot start");
+        announce(
+            "agent tests: mosquitto is not installed; skipping \
+             broker_down_for_a_minute_under_load_loses_no_sample",
+        );
+        return;
+    };
+
+    // A subscriber with a persistent session: the broker keeps its subscription and queues
+    // for it across the restart, so everything acknowledged to the agents reaches it.
+    let mut options = MqttOptions::new("persistent-recorder", "127.0.0.1", port);
+    options.set_max_packet_size(1 << 24, 1 << 24);
+    options.set_clean_session(false);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client
+        .subscribe("loopline/v1/+/+/+/telemetry", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let messages: Messages = Arc::default();
+    let sink = Arc::clone(&messages);
+    let recorder = tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    sink.lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Load: 4 devices at 2 kHz x 8 channels, 100 ms batches.
+    let state = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        broker: BrokerUrl::new("127.0.0.1", port),
+        state_dir: state.path().to_owned(),
+        devices: ["a", "b", "c", "d"].map(String::from).to_vec(),
+        sample_rate_hz: std::num::NonZeroU32::new(2_000).unwrap(),
+        batch_interval: Duration::from_millis(100),
+        drain_timeout: Duration::from_secs(30),
+        client_id_prefix: format!("outage-{}", std::process::id()),
+        ..AgentConfig::default()
+    };
+    let token = CancellationToken::new();
+    let stats = Arc::new(AgentStats::new());
+    let agent = tokio::spawn(run(config, None, token.clone(), Arc::clone(&stats)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    terminate(&mut mosquitto);
+    let during = stats.snapshot();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let sealed_in_outage = stats.snapshot().batches_sealed - during.batches_sealed;
+    let _mosquitto = Broker {
+        child: start_mosquitto(),
+        port,
+        _dir: None,
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    token.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(60), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Let the queue reach the subscriber.
+    let expected: u64 = report.devices.iter().map(|d| d.batches_sealed).sum();
+    for _ in 0..100 {
+        let got = batches_by_boot(&messages.lock().unwrap())
+            .values()
+            .map(|seqs| seqs.len() as u64)
+            .sum::<u64>();
+        if got >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    recorder.abort();
+
+    assert!(
+        sealed_in_outage >= 4 * 500,
+        "sealed during the outage: {sealed_in_outage}"
+    );
+    let by_boot = batches_by_boot(&messages.lock().unwrap());
+    for device in &report.devices {
+        assert_eq!(device.lost_batches, 0, "{device:?}");
+        assert_eq!(device.pending_batches, 0, "{device:?}");
+        assert_eq!(device.batches_acked, device.batches_sealed, "{device:?}");
+        let seqs = &by_boot[&(device.device.clone(), device.boot_id.clone())];
+        assert_eq!(
+            seqs.keys().copied().collect::<Vec<_>>(),
+            (0..device.batches_sealed).collect::<Vec<_>>(),
+            "{}: every batch arrived",
+            device.device
+        );
+        let samples: u64 = seqs
+            .values()
+            .map(|p| TelemetryBatch::decode(p.as_slice()).unwrap().sample_count() as u64)
+            .sum();
+        assert_eq!(
+            samples, device.samples_acked,
+            "{}: every sample arrived",
+            device.device
+        );
+    }
+    assert_eq!(stats.snapshot().lost_samples, 0);
+}
+
+/// A signed release of a model fitted like the bootstrap one (other seed, other version).
+fn release(version: &str, key: &loopline_model::release::SigningKey) -> ModelRelease {
+    use loopline_model::release;
+    let mut artifact = loopline_agent::bootstrap::fit(loopline_agent::bootstrap::BootstrapKey {
+        seed: 99,
+        sample_rate_hz: std::num::NonZeroU32::new(1000).unwrap(),
+        window_samples: 100,
+    })
+    .unwrap();
+    artifact.metadata.model_version = version.to_owned();
+    let bytes = artifact.to_bytes().unwrap();
+    let digest = release::sha256(&bytes);
+    ModelRelease {
+        schema_version: 1,
+        version: version.to_owned(),
+        sha256: digest.to_vec(),
+        size: bytes.len() as u64,
+        signature: release::sign(&digest, key).to_vec(),
+        artifact: bytes,
+        created_ts_us: 0,
+        key_id: "test".to_owned(),
+    }
+}
+
+/// Waits until a retained model report satisfies `done`; returns it.
+async fn report_where(recorder: &Recorder, done: impl Fn(&ModelReport) -> bool) -> ModelReport {
+    for _ in 0..200 {
+        let found = recorder
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter(|(topic, _)| topic.ends_with("/model/report"))
+            .map(|(_, payload)| ModelReport::decode(payload.as_slice()).unwrap())
+            .next();
+        if let Some(report) = found.filter(|r| done(r)) {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no such model report arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_releases_run_and_tampered_ones_are_refused() {
+    use loopline_model::release::signing_key_from_seed;
+    let broker = Broker::start();
+    let recorder = Recorder::start(&broker).await;
+    let state = tempfile::tempdir().unwrap();
+    let key = signing_key_from_seed(7);
+    let mut config = test_config(&broker, &["m"], state.path());
+    config.batches = 0;
+    config.window = Duration::from_millis(100);
+    config.model_public_key = Some(hex::encode(key.verifying_key().as_bytes()));
+    let token = CancellationToken::new();
+    let agent = tokio::spawn(run(
+        config.clone(),
+        None,
+        token.clone(),
+        Arc::new(AgentStats::new()),
+    ));
+    let first = report_where(&recorder, |r| r.state == ModelState::Running as i32).await;
+    assert!(first.running_version.starts_with("bootstrap-"), "{first:?}");
+
+    let mut options = MqttOptions::new("releaser", "127.0.0.1", broker.port);
+    options.set_max_packet_size(1 << 24, 1 << 24);
+    let (publisher, mut eventloop) = AsyncClient::new(options, 16);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let line_topic = topic::line_model_topic("plant", "l1");
+    let publish = |release: ModelRelease| {
+        let publisher = publisher.clone();
+        let topic = line_topic.clone();
+        async move {
+            publisher
+                .publish(topic, QoS::AtLeastOnce, true, release.encode_to_vec())
+                .await
+                .unwrap();
+        }
+    };
+
+    // A good release runs from the next batch on.
+    publish(release("v2", &key)).await;
+    let running = report_where(&recorder, |r| r.running_version == "v2").await;
+    assert_eq!(running.last_error, "");
+
+    // Tampered: one byte of the artifact changed after signing.
+    let mut tampered = release("v3", &key);
+    let middle = tampered.artifact.len() / 2;
+    tampered.artifact[middle] ^= 0x01;
+    publish(tampered).await;
+    let refused = report_where(&recorder, |r| r.rejected_version == "v3").await;
+    assert_eq!(refused.state, ModelState::Rejected as i32);
+    assert_eq!(refused.running_version, "v2");
+    assert!(refused.last_error.contains("sha"), "{refused:?}");
+
+    // Unsigned, and signed by another key.
+    let mut unsigned = release("v4", &key);
+    unsigned.signature.clear();
+    publish(unsigned).await;
+    let refused = report_where(&recorder, |r| r.rejected_version == "v4").await;
+    assert!(refused.last_error.contains("unsigned"), "{refused:?}");
+    publish(release("v5", &signing_key_from_seed(8))).await;
+    let refused = report_where(&recorder, |r| r.rejected_version == "v5").await;
+    assert!(refused.last_error.contains("signature"), "{refused:?}");
+    assert_eq!(refused.running_version, "v2");
+
+    // Batches sealed after the refusals still come from v2, with scores.
+    let seen = recorder.messages.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let later: Vec<TelemetryBatch> = recorder.messages.lock().unwrap()[seen..]
+        .iter()
+        .filter(|(topic, _)| topic.ends_with("/telemetry"))
+        .map(|(_, payload)| TelemetryBatch::decode(payload.as_slice()).unwrap())
+        .collect();
+    assert!(!later.is_empty());
+    for batch in &later {
+        assert_eq!(batch.model_version, "v2");
+        assert!(batch.inferences.iter().all(|i| i.model_version == "v2"));
+    }
+    token.cancel();
+    let report = agent.await.unwrap().unwrap();
+    assert_eq!(report.devices[0].model_version, "v2");
+
+    // The accepted release is kept: the next start runs it (after verifying it again).
+    let mut again = config;
+    again.batches = 1;
+    let report = run(
+        again,
+        None,
+        CancellationToken::new(),
+        Arc::new(AgentStats::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.devices[0].model_version, "v2");
 }
