@@ -4,11 +4,18 @@
 //!  agents (lines × devices) ──MQTT──► broker (embedded rumqttd, or --broker) ──► ingest ──► lake
 //! ```
 //!
+//! Each device runs the physical line simulator (the `--scenario`), scores every window with
+//! the int8 model on its simulated NPU, and spools every batch on disk until the broker
+//! acknowledges it (the agents' state lives in `<lake>/_loopline/agents`, which no lake
+//! reader looks at). Ingest writes the samples, the inference results, the device health and
+//! the simulator's ground-truth labels as four tables.
+//!
 //! The order of events is what makes the numbers true: ingest subscribes before any agent
 //! publishes; at the end the agents stop sealing and wait for every PUBACK, ingest drains
 //! what the broker delivered and commits it, and only then is the lake read back, file by
 //! file, to count what it holds. The summary prints counts read from the Parquet files, not
-//! counters.
+//! counters; the model's precision and recall are computed from the lake's `inference` and
+//! `sim_labels` tables.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use loopline_agent::{AgentConfig, AgentReport, AgentStats};
 use loopline_common::{BrokerUrl, CancellationToken};
-use loopline_ingest::writer::{COMMITS_DIR, CommitRecord, read_commit_log};
+use loopline_ingest::writer::{COMMITS_DIR, CommitRecord, TABLES, read_commit_log, read_commits};
 use loopline_ingest::{IngestConfig, IngestStats};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -31,6 +38,10 @@ use serde::Serialize;
 const INGEST_ID: &str = "demo";
 /// Site name of the simulated factory.
 const SITE: &str = "plant-1";
+/// The agents' spools and accepted models, inside the lake's private folder.
+const AGENT_STATE_DIR: &str = "_loopline/agents";
+/// Labels that do not make a window faulty.
+const NOT_FAULTS: [&str; 2] = ["normal", "recipe_change"];
 
 /// Runs a simulated factory: lines of devices publishing telemetry to a broker, ingest
 /// writing the Parquet lake, a live progress line, and a verified summary at the end.
@@ -56,7 +67,7 @@ pub struct DemoArgs {
     /// Append to the lake instead of replacing a previous demo's data.
     #[arg(long)]
     pub keep_lake: bool,
-    /// Samples per second of each of a device's four sensors.
+    /// Samples per second of each of a device's eight channels.
     #[arg(long, default_value = "1000")]
     pub sample_rate_hz: NonZeroU32,
     /// How often each device seals and publishes a batch.
@@ -65,9 +76,19 @@ pub struct DemoArgs {
     /// Longest ingest buffers rows before committing a file.
     #[arg(long, default_value = "5s", value_parser = loopline_common::duration::parse)]
     pub roll_age: Duration,
-    /// Seed of the simulated signals.
+    /// Seed of the line and NPU simulators and of the bootstrap model.
     #[arg(long, default_value = "1")]
     pub seed: u64,
+    /// Line scenario every device plays: default, normal, bearing-wear, sensor-faults,
+    /// recipe-change, or a scenario TOML file.
+    #[arg(long, default_value = "default")]
+    pub scenario: String,
+    /// The simulated NPU of every device: hailo-8l, hailo-8, rk3588, dx-m1.
+    #[arg(long, default_value = "hailo-8l")]
+    pub npu_profile: loopline_npusim::Profile,
+    /// Inference window length.
+    #[arg(long, default_value = "1s", value_parser = loopline_common::duration::parse)]
+    pub window: Duration,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
@@ -93,6 +114,27 @@ pub struct DeviceSummary {
     /// Whether the lake holds exactly the acknowledged batches, seq contiguous, no
     /// duplicate and no missing row.
     pub complete: bool,
+    /// Windows the device's model scored, and how many it flagged, as the agent counted.
+    pub windows_scored: u64,
+    pub anomalies: u64,
+}
+
+/// The model judged against the simulator's ground truth, from the lake's `inference` and
+/// `sim_labels` tables: a window is truly faulty when a fault label (machine or sensor; not
+/// `normal`, not `recipe_change`) overlaps it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModelEvaluation {
+    pub windows: u64,
+    pub true_positives: u64,
+    pub false_positives: u64,
+    pub false_negatives: u64,
+    pub true_negatives: u64,
+    /// Of the flagged windows, the share that were faulty (None when none was flagged).
+    pub precision: Option<f64>,
+    /// Of the faulty windows, the share that were flagged (None when none was faulty).
+    pub recall: Option<f64>,
+    /// Model versions that scored the windows.
+    pub model_versions: Vec<String>,
 }
 
 /// What the demo did, as printed and as written by `--summary-json`.
@@ -115,6 +157,11 @@ pub struct DemoSummary {
     pub bytes_committed: u64,
     pub samples_per_second: f64,
     pub devices: Vec<DeviceSummary>,
+    /// Rows per table, read back from the files committed during this run.
+    pub table_rows: BTreeMap<String, u64>,
+    pub scenario: String,
+    pub npu_profile: String,
+    pub model: ModelEvaluation,
     pub verified: bool,
 }
 
@@ -132,8 +179,13 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         ..IngestConfig::default()
     };
     ingest_config.validate().context("invalid demo settings")?;
+    let agent_state = args.lake.join(AGENT_STATE_DIR);
     let agent_configs: Vec<AgentConfig> = (1..=args.lines.get())
         .map(|line| AgentConfig {
+            state_dir: agent_state.clone(),
+            scenario: args.scenario.clone(),
+            npu_profile: args.npu_profile,
+            window: args.window,
             site: SITE.to_owned(),
             line: format!("line-{line}"),
             devices: (1..=args.devices_per_line.get())
@@ -154,13 +206,17 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         None => loopline_common::embedded_broker::start_on_free_port()?,
     };
     let commits_before = commit_records(&args.lake)?.len();
+    let all_commits_before =
+        read_commits(&args.lake.join(COMMITS_DIR).join(format!("{INGEST_ID}.log")))?.len();
     let mut out = std::io::stderr();
     let _ = writeln!(
         out,
-        "loopline demo: {} line(s) × {} device(s), 4 sensors at {} Hz each, for {}; broker {}{}; lake {}",
+        "loopline demo: {} line(s) × {} device(s), 8 channels at {} Hz each, scenario {:?}, int8 model on a simulated {}, for {}; broker {}{}; lake {}",
         args.lines,
         args.devices_per_line,
         args.sample_rate_hz,
+        args.scenario,
+        args.npu_profile,
         loopline_common::duration::format(args.duration),
         broker,
         if args.broker.is_some() {
@@ -240,7 +296,13 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         .skip(commits_before)
         .collect();
     let lake_counts = read_back(&args.lake, &records)?;
-    let summary = summarise(
+    let commits_path = args.lake.join(COMMITS_DIR).join(format!("{INGEST_ID}.log"));
+    let all_records: Vec<CommitRecord> = read_commits(&commits_path)?
+        .into_iter()
+        .skip(all_commits_before)
+        .collect();
+    let evaluation = evaluate(&args.lake, &all_records)?;
+    let mut summary = summarise(
         &args,
         &broker,
         elapsed,
@@ -249,6 +311,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         &records,
         &lake_counts,
     );
+    summary.table_rows = evaluation.table_rows;
+    summary.model = evaluation.model;
     if let Some(path) = &args.summary_json {
         let json = serde_json::to_vec_pretty(&summary)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
@@ -271,7 +335,7 @@ fn prepare_lake(lake: &Path, keep: bool) -> anyhow::Result<()> {
             );
         }
         if !empty && !keep {
-            for sub in ["telemetry", "_loopline"] {
+            for sub in TABLES.iter().copied().chain(["_loopline"]) {
                 let path = lake.join(sub);
                 if path.exists() {
                     std::fs::remove_dir_all(&path).with_context(|| {
@@ -403,7 +467,11 @@ fn summarise(
                 complete: rows == d.samples_acked
                     && seqs == expected
                     && expected.len() as u64 == d.batches_acked
+                    && d.pending_batches == 0
+                    && d.lost_batches == 0
                     && (!foreign || args.keep_lake),
+                windows_scored: d.windows_scored,
+                anomalies: d.anomalies,
             });
         }
     }
@@ -430,8 +498,87 @@ fn summarise(
         bytes_committed: records.iter().map(|r| r.bytes).sum(),
         samples_per_second: rows_verified as f64 / elapsed.as_secs_f64().max(1e-9),
         devices,
+        table_rows: BTreeMap::new(),
+        scenario: args.scenario.clone(),
+        npu_profile: args.npu_profile.to_string(),
+        model: ModelEvaluation::default(),
         verified,
     }
+}
+
+/// What the lake's other tables hold for this run.
+struct Evaluation {
+    table_rows: BTreeMap<String, u64>,
+    model: ModelEvaluation,
+}
+
+/// Reads this run's inference and label files back and scores the model against the labels.
+fn evaluate(lake: &Path, records: &[CommitRecord]) -> anyhow::Result<Evaluation> {
+    use loopline_ingest::{inference, sim_labels};
+
+    let mut table_rows: BTreeMap<String, u64> = BTreeMap::new();
+    for record in records {
+        *table_rows.entry(record.table.clone()).or_default() += record.rows;
+    }
+    let files = |table: &'static str| {
+        records
+            .iter()
+            .filter(move |r| r.table == table)
+            .map(|r| lake.join(&r.path))
+    };
+    // Fault spans per (line, device, boot), sorted by start.
+    type Key = (String, String, String);
+    let mut faults: HashMap<Key, Vec<(i64, i64)>> = HashMap::new();
+    for path in files(sim_labels::TABLE) {
+        for row in
+            sim_labels::read_file(&path).with_context(|| format!("reading {}", path.display()))?
+        {
+            if !NOT_FAULTS.contains(&row.fault.as_str()) {
+                faults
+                    .entry((row.line, row.device, row.boot_id))
+                    .or_default()
+                    .push((row.start_us, row.end_us));
+            }
+        }
+    }
+    for spans in faults.values_mut() {
+        spans.sort_unstable();
+    }
+    let mut model = ModelEvaluation::default();
+    let mut versions = BTreeSet::new();
+    for path in files(inference::TABLE) {
+        for row in
+            inference::read_file(&path).with_context(|| format!("reading {}", path.display()))?
+        {
+            let key = (row.line, row.device, row.boot_id);
+            let faulty = faults.get(&key).is_some_and(|spans| {
+                spans
+                    .iter()
+                    .any(|&(start, end)| start <= row.ts_us && end > row.window_start_us)
+            });
+            model.windows += 1;
+            match (row.anomaly, faulty) {
+                (true, true) => model.true_positives += 1,
+                (true, false) => model.false_positives += 1,
+                (false, true) => model.false_negatives += 1,
+                (false, false) => model.true_negatives += 1,
+            }
+            if let Some(version) = row.model_version {
+                versions.insert(version);
+            }
+        }
+    }
+    let share = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
+    model.precision = share(
+        model.true_positives,
+        model.true_positives + model.false_positives,
+    );
+    model.recall = share(
+        model.true_positives,
+        model.true_positives + model.false_negatives,
+    );
+    model.model_versions = versions.into_iter().collect();
+    Ok(Evaluation { table_rows, model })
 }
 
 /// The live progress line: rewritten in place on a terminal, a plain line every few seconds
@@ -487,10 +634,12 @@ impl Progress {
             .as_secs()
             .min(self.duration.as_secs().max(1));
         format!(
-            "[{:>3}s/{}s] published {} samples · ingested {} · committed {} rows in {} files · rejected {}",
+            "[{:>3}s/{}s] published {} samples · scored {} windows, {} anomalous · ingested {} · committed {} rows in {} files · rejected {}",
             elapsed,
             self.duration.as_secs(),
             human(agents.samples_acked),
+            human(agents.windows_scored),
+            human(agents.anomalies),
             human(ingest.samples_accepted),
             human(ingest.rows_committed),
             ingest.files_committed,
@@ -570,6 +719,28 @@ impl DemoSummary {
             self.files_committed,
             self.bytes_committed as f64 / (1024.0 * 1024.0)
         ));
+        let tables: Vec<String> = self
+            .table_rows
+            .iter()
+            .map(|(table, rows)| format!("{table} {}", human(*rows)))
+            .collect();
+        s.push_str(&format!("tables:  {}\n", tables.join(" · ")));
+        let m = &self.model;
+        let ratio = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
+        s.push_str(&format!(
+            "model:   {} windows scored on a simulated {} by {}; {} flagged; against the simulator's labels ({}): precision {}, recall {} (TP {} FP {} FN {} TN {})\n",
+            human(m.windows),
+            self.npu_profile,
+            if m.model_versions.is_empty() { "-".to_owned() } else { m.model_versions.join(", ") },
+            human(m.true_positives + m.false_positives),
+            self.scenario,
+            ratio(m.precision),
+            ratio(m.recall),
+            m.true_positives,
+            m.false_positives,
+            m.false_negatives,
+            m.true_negatives,
+        ));
         s.push_str(&format!(
             "rate:    {} samples/s end to end over {:.1}s\n",
             human(self.samples_per_second as u64),
@@ -588,6 +759,10 @@ impl DemoSummary {
         s.push_str("\nQuery it with DuckDB:\n");
         s.push_str(&format!(
             "  duckdb -c \"SELECT line, device, sensor, count(*) AS samples, round(avg(value), 3) AS mean FROM read_parquet('{glob}', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\"\n"
+        ));
+        let inference = format!("{}/inference/**/*.parquet", self.lake.display());
+        s.push_str(&format!(
+            "  duckdb -c \"SELECT line, device, model_version, count(*) AS windows, count(*) FILTER (WHERE anomaly) AS anomalies, max(score) AS max_score FROM read_parquet('{inference}', hive_partitioning = true) GROUP BY ALL ORDER BY ALL\"\n"
         ));
         s.push_str("or Polars:\n");
         s.push_str(&format!(

@@ -10,7 +10,7 @@ use loopline_proto::topic::TELEMETRY_FILTER;
 use loopline_proto::v1::TelemetryBatch;
 use serde_json::Value;
 
-use crate::harness::{Broker, Proc, bin, lake_rows};
+use crate::harness::{Broker, Proc, bin, lake_rows, parquet_files};
 
 /// Starts `loopline-ingest` on `lake` and waits for its subscription.
 pub fn start_ingest(broker: &Broker, lake: &Path, logs: &Path, extra: &[&str]) -> Proc {
@@ -47,7 +47,9 @@ pub fn start_agent(broker: &Broker, line: &str, devices: &str, batches: u32, log
             "--batch-interval",
             "100ms",
         ])
-        .args(["--sample-rate-hz", "400"])
+        .args(["--sample-rate-hz", "400", "--window", "250ms"])
+        .arg("--state-dir")
+        .arg(logs.join("agent-state"))
         .arg("--report-file")
         .arg(logs.join(format!("agent-{line}.json")));
     Proc::spawn(&format!("agent-{line}"), cmd, logs)
@@ -135,6 +137,7 @@ fn every_published_batch_lands_exactly_once_with_exact_values() {
 
     // What the agents say the broker acknowledged.
     let mut acked: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
+    let mut windows_scored = 0;
     for line in ["line-a", "line-b"] {
         let report = read_json(&logs.join(format!("agent-{line}.json")));
         for d in report["devices"].as_array().expect("devices") {
@@ -142,6 +145,8 @@ fn every_published_batch_lands_exactly_once_with_exact_values() {
             assert_eq!(d["first_seq"], 0, "{d}");
             assert_eq!(d["last_seq"], u64::from(BATCHES - 1), "{d}");
             assert_eq!(d["lost_batches"], 0, "{d}");
+            assert_eq!(d["pending_batches"], 0, "{d}");
+            windows_scored += d["windows_scored"].as_u64().unwrap();
             let key = (
                 d["line"].as_str().unwrap().to_owned(),
                 d["device"].as_str().unwrap().to_owned(),
@@ -201,6 +206,46 @@ fn every_published_batch_lands_exactly_once_with_exact_values() {
         let seqs: BTreeSet<i64> = mine.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (0..i64::from(BATCHES)).collect(), "{line}/{device}");
     }
+    // Beside the samples: one inference row per window the NPU scored, one health row per
+    // batch, and the simulator's labels, all keyed by the same (device, boot_id, seq).
+    let inference: Vec<_> = parquet_files(&lake.join("inference"))
+        .iter()
+        .flat_map(|p| loopline_ingest::inference::read_file(p).expect("readable inference file"))
+        .collect();
+    assert_eq!(inference.len() as u64, windows_scored);
+    // 15 batches of 100 ms at 400 Hz: six whole windows of 250 ms per device.
+    assert_eq!(windows_scored, 3 * 6);
+    for row in &inference {
+        let (boot_id, _) = &acked[&(row.line.clone(), row.device.clone())];
+        assert_eq!(&row.boot_id, boot_id);
+        assert_eq!(row.ts_us - row.window_start_us, 99 * 2_500);
+        assert!(row.score.is_finite() && row.latency_us > 0, "{row:?}");
+        assert!(
+            row.model_version
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("bootstrap-")
+        );
+    }
+    let health: Vec<_> = parquet_files(&lake.join("device_health"))
+        .iter()
+        .flat_map(|p| loopline_ingest::device_health::read_file(p).expect("readable health file"))
+        .collect();
+    assert_eq!(health.len(), 3 * BATCHES as usize);
+    assert!(
+        health
+            .iter()
+            .all(|h| h.health.npu_clock_mhz > 0 && h.health.npu_power_w > 0.0)
+    );
+    let labels: Vec<_> = parquet_files(&lake.join("sim_labels"))
+        .iter()
+        .flat_map(|p| loopline_ingest::sim_labels::read_file(p).expect("readable label file"))
+        .collect();
+    assert!(
+        labels.len() >= 3 * BATCHES as usize,
+        "every batch carries its labels"
+    );
+
     // Exact values and timestamps, row for row.
     sort_rows(&mut lake_rows);
     sort_rows(&mut expected);
