@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a simulated factory end to end and summarise what reached the lake.
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
     /// Run the embedded MQTT broker (for machines without Mosquitto).
     Broker {
         /// Address to listen on.
@@ -32,7 +32,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo(args) => run_demo(args),
+        Command::Demo(args) => run_demo(*args),
         Command::Broker { listen } => run_broker(listen),
     };
     match result {

@@ -468,11 +468,11 @@ pub(crate) async fn run_device(spec: DeviceSpec) -> Result<DeviceReport> {
                 }
             }
         }
-        if let Err(e) = spool.maybe_sync(std::time::Instant::now()) {
-            if !sync_error_logged {
-                sync_error_logged = true;
-                error!(device = %id, error = %e, "spool fsync failed");
-            }
+        if let Err(e) = spool.maybe_sync(std::time::Instant::now())
+            && !sync_error_logged
+        {
+            sync_error_logged = true;
+            error!(device = %id, error = %e, "spool fsync failed: batches may not survive a power cut");
         }
 
         // A release that arrived on a model topic.
@@ -880,7 +880,7 @@ async fn drive_connection(
                 link.progress.notify_one();
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if link.model_topics.iter().any(|t| *t == publish.topic) {
+                if link.model_topics.contains(&publish.topic) {
                     *link.release() = Some(publish.payload.to_vec());
                     link.progress.notify_one();
                 } else {
