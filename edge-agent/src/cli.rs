@@ -50,6 +50,11 @@ pub struct Cli {
     #[arg(long)]
     pub check_config: bool,
 
+    /// Write the bootstrap model this configuration would start with (safetensors) to FILE
+    /// and exit; `model_file` can then load it without fitting it at every start.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["print_config", "check_config"])]
+    pub export_bootstrap_model: Option<PathBuf>,
+
     /// MQTT broker, mqtt://host:port or mqtts://host:port [default: mqtt://127.0.0.1:1883]
     #[arg(long, env = "LOOPLINE_BROKER", value_name = "URL")]
     pub broker: Option<BrokerUrl>,

@@ -100,6 +100,25 @@ pub async fn run(
 ) -> Result<AgentReport> {
     let setup = Arc::new(config.validate()?);
     let devices = setup.devices.clone();
+    if config.model_file.is_none() {
+        // Fit the bootstrap model (cached for every device) before the clock starts, so that
+        // the first batch does not carry the fitting time's samples.
+        let key = bootstrap::BootstrapKey {
+            seed: config.seed,
+            sample_rate_hz: config.sample_rate_hz,
+            window_samples: config.window_samples(),
+        };
+        let fitted = tokio::task::spawn_blocking(move || bootstrap::model(key).map(|_| ()))
+            .await
+            .map_err(|e| Error::Device {
+                device: "(all)".to_owned(),
+                reason: format!("bootstrap model: {e}"),
+            })?;
+        fitted.map_err(|reason| Error::Device {
+            device: "(all)".to_owned(),
+            reason,
+        })?;
+    }
     let clock = clock::AgentClock::starting_at(clock_start_us.unwrap_or_else(clock::wall_clock_us));
     let config = Arc::new(config);
     info!(

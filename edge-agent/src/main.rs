@@ -44,6 +44,18 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
+    if let Some(path) = &cli.export_bootstrap_model {
+        return match export_bootstrap_model(&config, path) {
+            Ok(version) => {
+                println!("wrote {version} to {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loopline-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match agent(config) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(lost) => {
@@ -57,6 +69,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Fits the bootstrap model for `config` and writes it to `path`; returns its version.
+fn export_bootstrap_model(
+    config: &loopline_agent::AgentConfig,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
+    let key = loopline_agent::bootstrap::BootstrapKey {
+        seed: config.seed,
+        sample_rate_hz: config.sample_rate_hz,
+        window_samples: config.window_samples(),
+    };
+    let artifact = loopline_agent::bootstrap::fit(key).map_err(anyhow::Error::msg)?;
+    let bytes = artifact.to_bytes().context("serialising the model")?;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(artifact.metadata.model_version)
 }
 
 /// Runs the agent; returns the number of lost batches.

@@ -12,7 +12,14 @@ use crate::harness::bin;
 const DOC: &str = "docs/configuration.md";
 
 /// Flags that are not config keys.
-const COMMAND_LINE_ONLY: [&str; 5] = ["config", "print_config", "check_config", "help", "version"];
+const COMMAND_LINE_ONLY: [&str; 6] = [
+    "config",
+    "print_config",
+    "check_config",
+    "export_bootstrap_model",
+    "help",
+    "version",
+];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
