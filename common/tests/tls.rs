@@ -10,6 +10,7 @@
 
 use std::io::Read;
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -46,6 +47,8 @@ impl Pki {
     /// the CA; `other-ca.pem` and `other-client.pem`/`other-client.key` from an unrelated CA.
     fn generate() -> Pki {
         let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root drops to the mosquitto user before it reads the files.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let pki = Pki { dir };
         let ca = pki.ca("ca", "Loopline test CA");
         let other = pki.ca("other-ca", "Unrelated CA");
