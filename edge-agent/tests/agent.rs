@@ -544,6 +544,165 @@ async fn what_the_broker_never_acknowledged_is_sent_at_the_next_start() {
     assert_eq!(earlier, (0..first.batches_sealed).collect::<Vec<_>>());
 }
 
+/// Mosquitto with persistence on a fixed port: stopped with SIGTERM it saves its sessions
+/// and queues, and a restart on the same port restores them. `None` without Mosquitto.
+struct PersistentBroker {
+    child: Option<Child>,
+    conf: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PersistentBroker {
+    fn start(port: u16) -> Option<PersistentBroker> {
+        if mosquitto_wanted() == Some(false) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Mosquitto started as root drops to its own user before it saves its persistence
+        // file.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 1000000\nmax_queued_bytes 0\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut broker = PersistentBroker {
+            child: None,
+            conf,
+            port,
+            _dir: dir,
+        };
+        broker.spawn()?;
+        Some(broker)
+    }
+
+    fn spawn(&mut self) -> Option<()> {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                assert_ne!(
+                    mosquitto_wanted(),
+                    Some(true),
+                    "mosquitto cannot start: {e}"
+                );
+                return None;
+            }
+        };
+        self.child = Some(child);
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Some(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto did not start listening on port {}", self.port);
+    }
+
+    /// SIGTERM, as systemd stops it: it saves what it holds.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+
+    fn restart(&mut self) {
+        self.spawn().unwrap();
+    }
+}
+
+impl Drop for PersistentBroker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A subscriber to every device's telemetry with a persistent session: the broker keeps its
+/// subscription and queues for it across a broker restart, so everything the broker
+/// acknowledged to an agent reaches it. It reconnects by itself.
+struct PersistentRecorder {
+    messages: Messages,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PersistentRecorder {
+    async fn start(port: u16) -> PersistentRecorder {
+        let mut options = MqttOptions::new(
+            format!("recorder-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
+        options.set_max_packet_size(1 << 24, 1 << 24);
+        options.set_clean_session(false);
+        let (client, mut eventloop) = AsyncClient::new(options, 16);
+        client
+            .subscribe("loopline/v1/+/+/+/telemetry", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let messages: Messages = Arc::default();
+        let sink = Arc::clone(&messages);
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), subscribed_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        PersistentRecorder { messages, task }
+    }
+
+    /// Waits (at most 20 s) until `batches` distinct batches arrived, then stops.
+    async fn wait_for_batches(self, batches: u64) -> Vec<(String, Vec<u8>)> {
+        for _ in 0..200 {
+            let got: u64 = batches_by_boot(&self.messages.lock().unwrap())
+                .values()
+                .map(|seqs| seqs.len() as u64)
+                .sum();
+            if got >= batches {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.task.abort();
+        self.messages.lock().unwrap().clone()
+    }
+}
+
 /// Sends SIGTERM (what systemd sends) so that Mosquitto saves its persistence file.
 fn terminate(child: &mut Child) {
     let status = Command::new("kill")
@@ -619,23 +778,25 @@ async fn sigkill_loses_no_spooled_batch() {
 
     // With Mosquitto: publish for a while, lose the broker, keep spooling, then SIGKILL.
     // Without it the agent spools against a port where nothing listens yet.
-    let mut recorded = Vec::new();
-    let mosquitto = Broker::mosquitto_on(port);
+    let persistent = PersistentBroker::start(port);
+    let recorder = match &persistent {
+        Some(_) => Some(PersistentRecorder::start(port).await),
+        None => None,
+    };
     let mut agent = agent_args(0).spawn().unwrap();
-    match mosquitto {
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut persistent = match persistent {
         Some(mut broker) => {
-            announce("agent tests: sigkill test publishes to mosquitto, then loses it");
-            let recorder = Recorder::start(&broker).await;
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
-            recorded.extend(recorder.stop().await);
-            terminate(broker.child.as_mut().unwrap());
+            announce("agent tests: the sigkill test publishes to mosquitto, then loses it");
+            broker.stop();
             tokio::time::sleep(Duration::from_millis(1_000)).await;
+            Some(broker)
         }
         None => {
             announce("agent tests: mosquitto is not installed; the sigkill test spools offline");
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            None
         }
-    }
+    };
     agent.kill().unwrap();
     agent.wait().unwrap();
 
@@ -646,24 +807,33 @@ async fn sigkill_loses_no_spooled_batch() {
         pending.len() >= 5,
         "the spool should hold the outage: {pending:?}"
     );
+    let last = *pending.last().unwrap();
 
     // Restart everything: the agent sends what the killed boot left before anything new.
-    let broker = Broker::start_on(port);
-    let recorder = Recorder::start(&broker).await;
+    let (_embedded, recorder) = match (&mut persistent, recorder) {
+        (Some(broker), Some(recorder)) => {
+            broker.restart();
+            (None, recorder)
+        }
+        _ => {
+            let broker = Broker::start_on(port);
+            let recorder = PersistentRecorder::start(port).await;
+            (Some(broker), recorder)
+        }
+    };
     let restarted = agent_args(3).output().unwrap();
     assert!(
         restarted.status.success(),
         "{}",
         String::from_utf8_lossy(&restarted.stderr)
     );
-    recorded.extend(recorder.stop().await);
+    let recorded = recorder.wait_for_batches(last + 1 + 3).await;
 
     let by_boot = batches_by_boot(&recorded);
     let killed: Vec<u64> = by_boot[&("k".to_owned(), boot.clone())]
         .keys()
         .copied()
         .collect();
-    let last = *pending.last().unwrap();
     assert_eq!(
         killed,
         (0..=last).collect::<Vec<_>>(),
@@ -675,74 +845,14 @@ async fn sigkill_loses_no_spooled_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_for_a_minute_under_load_loses_no_sample() {
     let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    // Mosquitto started as root drops to its own user before it saves its persistence file.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    }
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-             persistence_location {}/\nmax_queued_messages 1000000\nmax_queued_bytes 0\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let start_mosquitto = || -> Option<Child> {
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(child);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mosquitto did not start listening on port {port}");
-    };
-    let Some(mut mosquitto) = start_mosquitto() else {
-        assert_ne!(mosquitto_wanted(), Some(true), "mosquitto cannot start");
+    let Some(mut persistent) = PersistentBroker::start(port) else {
         announce(
             "agent tests: mosquitto is not installed; skipping \
              broker_down_for_a_minute_under_load_loses_no_sample",
         );
         return;
     };
-
-    // A subscriber with a persistent session: the broker keeps its subscription and queues
-    // for it across the restart, so everything acknowledged to the agents reaches it.
-    let mut options = MqttOptions::new("persistent-recorder", "127.0.0.1", port);
-    options.set_max_packet_size(1 << 24, 1 << 24);
-    options.set_clean_session(false);
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    client
-        .subscribe("loopline/v1/+/+/+/telemetry", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    let messages: Messages = Arc::default();
-    let sink = Arc::clone(&messages);
-    let recorder = tokio::spawn(async move {
-        let _client = client;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    sink.lock()
-                        .unwrap()
-                        .push((p.topic.clone(), p.payload.to_vec()));
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let recorder = PersistentRecorder::start(port).await;
 
     // Load: 4 devices at 2 kHz x 8 channels, 100 ms batches.
     let state = tempfile::tempdir().unwrap();
@@ -760,15 +870,11 @@ async fn broker_down_for_a_minute_under_load_loses_no_sample() {
     let stats = Arc::new(AgentStats::new());
     let agent = tokio::spawn(run(config, None, token.clone(), Arc::clone(&stats)));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    terminate(&mut mosquitto);
+    persistent.stop();
     let during = stats.snapshot();
     tokio::time::sleep(Duration::from_secs(60)).await;
     let sealed_in_outage = stats.snapshot().batches_sealed - during.batches_sealed;
-    let _mosquitto = Broker {
-        child: start_mosquitto(),
-        port,
-        _dir: None,
-    };
+    persistent.restart();
     tokio::time::sleep(Duration::from_secs(3)).await;
     token.cancel();
     let report = tokio::time::timeout(Duration::from_secs(60), agent)
@@ -778,23 +884,13 @@ async fn broker_down_for_a_minute_under_load_loses_no_sample() {
         .unwrap();
     // Let the queue reach the subscriber.
     let expected: u64 = report.devices.iter().map(|d| d.batches_sealed).sum();
-    for _ in 0..100 {
-        let got = batches_by_boot(&messages.lock().unwrap())
-            .values()
-            .map(|seqs| seqs.len() as u64)
-            .sum::<u64>();
-        if got >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    recorder.abort();
+    let messages = recorder.wait_for_batches(expected).await;
 
     assert!(
         sealed_in_outage >= 4 * 500,
         "sealed during the outage: {sealed_in_outage}"
     );
-    let by_boot = batches_by_boot(&messages.lock().unwrap());
+    let by_boot = batches_by_boot(&messages);
     for device in &report.devices {
         assert_eq!(device.lost_batches, 0, "{device:?}");
         assert_eq!(device.pending_batches, 0, "{device:?}");
