@@ -216,7 +216,10 @@ fn every_published_batch_lands_exactly_once_with_exact_values() {
     // Whole windows of 250 ms (100 samples at 400 Hz) in what each device published.
     let whole_windows: u64 = acked.values().map(|(_, samples)| samples / 8 / 100).sum();
     assert_eq!(windows_scored, whole_windows);
-    assert!(windows_scored >= 3 * 6, "15 batches of 100 ms hold six windows a device");
+    assert!(
+        windows_scored >= 3 * 6,
+        "15 batches of 100 ms hold six windows a device"
+    );
     for row in &inference {
         let (boot_id, _) = &acked[&(row.line.clone(), row.device.clone())];
         assert_eq!(&row.boot_id, boot_id);
