@@ -14,8 +14,8 @@
 //!   of any table rolls early when all buffers together pass `max_buffered_rows`.
 //!
 //! Tables differ only in their [`RowBuffer`]: partitioning, rolling and committing are written
-//! once, in [`TableWriter`] and [`Files`]. Adding a table is a field of [`LakeWriter`] and an
-//! entry in [`LakeWriter::tables`].
+//! once, in `TableWriter` and `Files`. Adding a table is a field of [`LakeWriter`] and an
+//! entry in `LakeWriter::tables`.
 //!
 //! No MQTT here: the caller decides when what was committed may be acknowledged.
 
@@ -50,7 +50,7 @@ use crate::{Error, Result};
 /// Where the commit logs live, under the lake root.
 pub const COMMITS_DIR: &str = "_loopline/commits";
 
-/// Every table the writer fills, in the order of [`LakeWriter::tables`].
+/// Every table the writer fills, in the order of `LakeWriter::tables`.
 pub const TABLES: [&str; 4] = [
     telemetry::TABLE,
     crate::inference::TABLE,
