@@ -21,14 +21,17 @@ use loopline_spool::{FsyncPolicy, WhenFull};
 use crate::Result;
 use crate::config::AgentConfig;
 
-/// Loopline edge agent: simulates a device's sensors, seals their samples into telemetry
-/// batches and publishes them to an MQTT broker, counting a batch as delivered only when the
-/// broker acknowledges it (QoS 1 PUBACK).
+/// Loopline edge agent: samples a production line (simulated), scores every window with an
+/// int8 anomaly model on the (simulated) NPU, seals samples, results and health into telemetry
+/// batches, keeps each batch in an on-disk spool and publishes it to an MQTT broker, releasing
+/// it only when the broker acknowledges it (QoS 1 PUBACK). Runs model releases only when they
+/// are signed with the configured Ed25519 key.
 ///
 /// Configuration: built-in defaults, then the TOML file given by --config, then
 /// LOOPLINE_AGENT_* environment variables (LOOPLINE_BROKER for the broker), then flags.
-/// See agent.example.toml for every key. Exit status: 0 done, 1 error, 2 bad configuration,
-/// 3 some batches were never acknowledged (lost).
+/// See agent.example.toml for every key. Exit status: 0 done (what is not yet acknowledged
+/// stays in the spool for the next start), 1 error, 2 bad configuration, 3 some batches were
+/// dropped from a full spool (lost).
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "loopline-agent",

@@ -10,7 +10,7 @@ use loopline_agent::cli::Cli;
 use loopline_agent::{AgentStats, run};
 use loopline_common::{CancellationToken, logging, shutdown};
 
-/// Some batches were sealed but never acknowledged by the broker.
+/// Some batches were lost: dropped from a full spool, or never into it.
 const EXIT_LOST: u8 = 3;
 /// The configuration is invalid (clap uses the same status for bad flags).
 const EXIT_CONFIG: u8 = 2;
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(lost) => {
             eprintln!(
-                "loopline-agent: {lost} batches were never acknowledged by the broker and are lost"
+                "loopline-agent: {lost} batches were dropped or could not be spooled, and are lost"
             );
             ExitCode::from(EXIT_LOST)
         }
