@@ -211,8 +211,8 @@ mod tests {
             sample_rate_hz: rate,
             window_samples: window,
         };
-        let (artifact, bytes) = bootstrap::model(key).unwrap();
-        let model = Arc::new(LoadedModel::new((*artifact).clone(), (*bytes).clone()).unwrap());
+        let artifact = bootstrap::model(key).unwrap();
+        let model = Arc::new(LoadedModel::new((*artifact).clone()).unwrap());
         let npu = Npu::new(Profile::Hailo8L, 1, T0);
         let inferencer = Inferencer::new(model, npu, window as usize, 1e6 / f64::from(rate.get()));
         let line = LineSim::new(&Scenario::named("default").unwrap(), 1, "d", rate, T0);

@@ -51,9 +51,9 @@ impl BootstrapKey {
     }
 }
 
-/// The bootstrap artifact (and its bytes) for `key`, fitted once per process.
-pub fn model(key: BootstrapKey) -> Result<(Arc<Artifact>, Arc<Vec<u8>>), String> {
-    type Cache = Mutex<HashMap<BootstrapKey, (Arc<Artifact>, Arc<Vec<u8>>)>>;
+/// The bootstrap artifact for `key`, fitted once per process.
+pub fn model(key: BootstrapKey) -> Result<Arc<Artifact>, String> {
+    type Cache = Mutex<HashMap<BootstrapKey, Arc<Artifact>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
     // Fitting under the lock: several devices starting together fit once.
@@ -61,13 +61,9 @@ pub fn model(key: BootstrapKey) -> Result<(Arc<Artifact>, Arc<Vec<u8>>), String>
     if let Some(found) = cache.get(&key) {
         return Ok(found.clone());
     }
-    let artifact = fit(key)?;
-    let bytes = artifact
-        .to_bytes()
-        .map_err(|e| format!("bootstrap model cannot be serialised: {e}"))?;
-    let entry = (Arc::new(artifact), Arc::new(bytes));
-    cache.insert(key, entry.clone());
-    Ok(entry)
+    let artifact = Arc::new(fit(key)?);
+    cache.insert(key, Arc::clone(&artifact));
+    Ok(artifact)
 }
 
 /// Fits the bootstrap model for `key` (no cache).

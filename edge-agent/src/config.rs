@@ -28,6 +28,12 @@ use crate::{Error, Result};
 /// broker sees a message storm rather than batches.
 pub const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Longest accepted `window`: the bootstrap model needs many windows of simulated data, and a
+/// window's samples are held in memory per model channel.
+pub const MAX_WINDOW: Duration = Duration::from_secs(10);
+/// Most samples per channel in one window (10 s at 100 kHz): a few MB of buffers.
+pub const MAX_WINDOW_SAMPLES: u128 = 1_000_000;
+
 const DEFAULT_SAMPLE_RATE_HZ: NonZeroU32 = match NonZeroU32::new(1000) {
     Some(rate) => rate,
     None => panic!("the default sample rate is not zero"),
@@ -240,17 +246,27 @@ impl AgentConfig {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(FaultSchedule::new)
             .map_err(|e| bad("npu_faults", e.to_string()))?;
-        if self.window < Duration::from_millis(100) {
+        if self.window < Duration::from_millis(100) || self.window > MAX_WINDOW {
             return Err(bad(
                 "window",
                 format!(
-                    "{} is too short: at least 100ms",
+                    "{} is out of range: from 100ms to 10s",
                     loopline_common::duration::format(self.window)
                 ),
             ));
         }
         let window_samples =
             u128::from(self.sample_rate_hz.get()) * self.window.as_micros() / 1_000_000;
+        if window_samples > MAX_WINDOW_SAMPLES {
+            return Err(bad(
+                "window",
+                format!(
+                    "{} holds {window_samples} samples at {} Hz; at most {MAX_WINDOW_SAMPLES}",
+                    loopline_common::duration::format(self.window),
+                    self.sample_rate_hz
+                ),
+            ));
+        }
         if window_samples < 8 {
             return Err(bad(
                 "window",
@@ -434,7 +450,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Breaks = fn(&mut AgentConfig);
-        let cases: [(&str, Breaks); 10] = [
+        let cases: [(&str, Breaks); 13] = [
             ("site", |c| c.site = "a/b".into()),
             ("line", |c| c.line = String::new()),
             ("devices", |c| c.devices.clear()),
@@ -450,6 +466,12 @@ mod tests {
             ("keep_alive", |c| c.keep_alive = Duration::from_millis(10)),
             ("keep_alive", |c| c.keep_alive = Duration::from_secs(70_000)),
             ("client_id_prefix", |c| c.client_id_prefix = " agent".into()),
+            ("window", |c| c.window = Duration::from_millis(50)),
+            ("window", |c| c.window = Duration::from_secs(60)),
+            ("window", |c| {
+                c.sample_rate_hz = NonZeroU32::new(200_000).unwrap();
+                c.window = Duration::from_secs(10);
+            }),
         ];
         for (key, breaks) in cases {
             let mut config = AgentConfig::default();

@@ -716,7 +716,7 @@ fn initial_model(
             .map_err(|e| error(format!("model_file {}: {e}", path.display())))?;
         let artifact = loopline_model::Artifact::from_bytes(&bytes)
             .map_err(|e| error(format!("model_file {}: {e}", path.display())))?;
-        let model = LoadedModel::new(artifact, bytes)
+        let model = LoadedModel::new(artifact)
             .map_err(|e| error(format!("model_file {}: {e}", path.display())))?;
         return Ok((Arc::new(model), "model_file"));
     }
@@ -746,8 +746,8 @@ fn initial_model(
         sample_rate_hz: config.sample_rate_hz,
         window_samples: config.window_samples(),
     };
-    let (artifact, bytes) = bootstrap::model(key).map_err(error)?;
-    let model = LoadedModel::new((*artifact).clone(), (*bytes).clone()).map_err(error)?;
+    let artifact = bootstrap::model(key).map_err(error)?;
+    let model = LoadedModel::new((*artifact).clone()).map_err(error)?;
     Ok((Arc::new(model), "bootstrap"))
 }
 

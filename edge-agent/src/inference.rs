@@ -32,13 +32,11 @@ pub struct LoadedModel {
     channel_index: Vec<usize>,
     ops: u64,
     input_bytes: usize,
-    /// The artifact's bytes, kept to persist an accepted release.
-    artifact_bytes: Vec<u8>,
 }
 
 impl LoadedModel {
     /// Checks that the line produces every channel the model reads.
-    pub fn new(artifact: Artifact, artifact_bytes: Vec<u8>) -> Result<LoadedModel, String> {
+    pub fn new(artifact: Artifact) -> Result<LoadedModel, String> {
         let version = artifact.metadata.model_version.clone();
         let names: Vec<&str> = artifact
             .metadata
@@ -67,16 +65,11 @@ impl LoadedModel {
             channel_index,
             ops,
             input_bytes,
-            artifact_bytes,
         })
     }
 
     pub fn version(&self) -> &str {
         &self.version
-    }
-
-    pub fn artifact_bytes(&self) -> &[u8] {
-        &self.artifact_bytes
     }
 
     fn reads_same_channels(&self, other: &LoadedModel) -> bool {
@@ -105,6 +98,8 @@ pub struct Inferencer {
     /// One buffer per model channel.
     buffers: Vec<Vec<f32>>,
     last_finite: Vec<f32>,
+    /// The feature vector, reused window after window.
+    features: Vec<f32>,
     window_start_us: i64,
     counts: InferenceCounts,
 }
@@ -122,6 +117,7 @@ impl Inferencer {
                 .map(|_| Vec::with_capacity(window_samples))
                 .collect(),
             last_finite: vec![0.0; channels],
+            features: Vec::new(),
             model,
             npu,
             window_samples,
@@ -187,8 +183,12 @@ impl Inferencer {
     fn score(&mut self, window_end_us: i64) -> Option<InferenceResult> {
         self.counts.windows += 1;
         let windows: Vec<&[f32]> = self.buffers.iter().map(Vec::as_slice).collect();
-        let features = match self.model.layout.extract(&windows, self.sample_interval_us) {
-            Ok(features) => features,
+        let extracted =
+            self.model
+                .layout
+                .extract_into(&windows, self.sample_interval_us, &mut self.features);
+        match extracted {
+            Ok(()) => {}
             Err(e) => {
                 self.counts.failed += 1;
                 tracing::debug!(error = %e, "window features failed");
@@ -206,7 +206,7 @@ impl Inferencer {
                 return None;
             }
         };
-        let inference = match self.model.model.infer(&features) {
+        let inference = match self.model.model.infer(&self.features) {
             Ok(inference) => inference,
             Err(e) => {
                 self.counts.failed += 1;

@@ -106,10 +106,6 @@ impl ModelSlot {
         Some(model)
     }
 
-    pub fn has_staged(&self) -> bool {
-        self.staged.is_some()
-    }
-
     /// The retained `model/report` message for the current state.
     pub fn report(&self, device: &DeviceId, boot_id: &str, ts_us: i64) -> ModelReport {
         let state = if self.staged.is_some() {
@@ -184,7 +180,7 @@ pub fn load(release: ModelRelease) -> Result<Arc<LoadedModel>, String> {
             artifact.metadata.model_version, release.version
         ));
     }
-    let model = LoadedModel::new(artifact, release.artifact)?;
+    let model = LoadedModel::new(artifact)?;
     Ok(Arc::new(model))
 }
 

@@ -221,18 +221,24 @@ impl Broker {
             port,
             _dir: Some(dir),
         };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(broker);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mosquitto did not start listening on port {port}");
+        wait_listening(port);
+        Some(broker)
     }
 
     fn url(&self) -> BrokerUrl {
         BrokerUrl::new("127.0.0.1", self.port)
     }
+}
+
+/// Waits (at most 5 s) until a broker accepts connections on `port`.
+fn wait_listening(port: u16) {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("mosquitto did not start listening on port {port}");
 }
 
 impl Drop for Broker {
@@ -604,13 +610,8 @@ impl PersistentBroker {
             }
         };
         self.child = Some(child);
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Some(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mosquitto did not start listening on port {}", self.port);
+        wait_listening(self.port);
+        Some(())
     }
 
     /// SIGTERM, as systemd stops it: it saves what it holds.
