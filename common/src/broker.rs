@@ -199,6 +199,43 @@ impl BrokerUrl {
         }
     }
 
+    /// MQTT 5 options for a client of this broker, with TLS from `tls` exactly as
+    /// [`Self::mqtt_options_tls`] sets it up (the same checks, the same errors). Ingest needs
+    /// MQTT 5 for its session expiry, receive maximum and shared subscriptions.
+    pub fn mqtt5_options_tls(
+        &self,
+        client_id: &str,
+        keep_alive: Duration,
+        tls: &TlsConfig,
+    ) -> Result<rumqttc::v5::MqttOptions> {
+        let transport = match self.scheme {
+            Scheme::Mqtt if tls.is_empty() => None,
+            Scheme::Mqtt => {
+                return Err(Error::Tls {
+                    broker: self.to_string(),
+                    reason: format!(
+                        "{} set, but the broker address is plain MQTT; use mqtts:// to connect with TLS",
+                        tls.keys_set().join(" and ")
+                    ),
+                });
+            }
+            Scheme::Mqtts => Some(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.client_config(&self.to_string())?),
+            )),
+        };
+        let mut options = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
+        options.set_keep_alive(keep_alive);
+        let max = u32::try_from(MAX_PACKET_BYTES).unwrap_or(u32::MAX);
+        options.set_max_packet_size(Some(max));
+        if let Some(credentials) = &self.credentials {
+            options.set_credentials(credentials.username.clone(), credentials.password.clone());
+        }
+        if let Some(transport) = transport {
+            options.set_transport(transport);
+        }
+        Ok(options)
+    }
+
     /// Writes the address, the password either as is or as `***`.
     fn write(&self, f: &mut fmt::Formatter<'_>, redact: bool) -> fmt::Result {
         write!(f, "{}://", self.scheme.as_str())?;

@@ -8,6 +8,7 @@
 //! - `embedded_broker` (feature `embedded-broker`): rumqttd in-process, for the demo and tests.
 //! - [`duration`]: human-readable durations (`"1s"`, `"250ms"`) in config files and flags.
 //! - [`logging`]: `tracing` set-up, human or JSON.
+//! - [`http`]: the read-only `/metrics` and `/healthz` endpoint.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token that every task watches.
 
 pub mod broker;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod duration;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded_broker;
+pub mod http;
 pub mod logging;
 pub mod shutdown;
 pub mod tls;

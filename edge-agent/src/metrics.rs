@@ -1,21 +1,15 @@
 //! The agent's optional Prometheus endpoint: `GET /metrics` and `GET /healthz`.
 //!
-//! The agent has to stay small on a Pi, and these two read-only pages need neither routing
-//! nor keep-alive nor TLS, so this is a minimal HTTP/1.1 responder over tokio rather than an
-//! HTTP framework: each connection reads one request head (at most 8 KiB, 5 s), answers, and
-//! closes. The counters are the shared [`AgentStats`]; names carry the `loopline_agent_`
-//! prefix and are documented in `docs/configuration.md`.
+//! Served by [`loopline_common::http`]. The counters are the shared [`AgentStats`]; names
+//! carry the `loopline_agent_` prefix and are documented in `docs/configuration.md`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loopline_common::CancellationToken;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use loopline_common::{CancellationToken, http};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
 
 use crate::stats::{AgentStats, StatsSnapshot};
 
@@ -68,84 +62,26 @@ const METRICS: [(&str, &str, &str); 9] = [
     ),
 ];
 
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Binds `addr` and serves until `shutdown`. Binding errors are returned at once, so a
-/// wrong address fails the start rather than a later scrape.
+/// Binds `addr` and serves the agent's counters until `shutdown`. Binding errors are
+/// returned at once, so a wrong address fails the start rather than a later scrape.
 pub async fn serve(
     addr: SocketAddr,
     stats: Arc<AgentStats>,
     shutdown: CancellationToken,
 ) -> std::io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
-    info!(address = %listener.local_addr()?, "metrics endpoint listening");
-    Ok(tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, _)) => {
-                    let stats = Arc::clone(&stats);
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &stats).await {
-                            debug!(error = %e, "metrics request failed");
-                        }
-                    });
-                }
-                Err(e) => debug!(error = %e, "metrics accept failed"),
-            }
-        }
-    }))
+    http::serve(addr, Arc::new(AgentPages(stats)), shutdown).await
 }
 
-async fn answer(mut stream: TcpStream, stats: &AgentStats) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return Ok(());
+struct AgentPages(Arc<AgentStats>);
+
+impl http::Pages for AgentPages {
+    fn metrics(&self) -> (&'static str, String) {
+        (http::PROMETHEUS_TEXT, render(&self.0.snapshot()))
     }
-    let request_line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let request_line = String::from_utf8_lossy(request_line);
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(&stats.snapshot()),
-        ),
-        ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: try /metrics or /healthz\n".to_owned(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+
+    fn health(&self) -> Result<String, String> {
+        Ok("ok\n".to_owned())
+    }
 }
 
 /// The Prometheus text exposition of a snapshot.
@@ -198,28 +134,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn serves_metrics_and_health_over_http() {
+    async fn serves_the_agent_counters() {
         let stats = Arc::new(AgentStats::new());
         stats.sealed(7);
-        let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
         let stop = CancellationToken::new();
         let server = serve(addr, Arc::clone(&stats), stop.clone()).await.unwrap();
-        for (path, expected) in [
-            ("/metrics", "loopline_agent_samples_sealed_total 7"),
-            ("/healthz", "ok"),
-            ("/nope", "404 Not Found"),
-        ] {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream
-                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            assert!(response.contains(expected), "{path}: {response}");
-        }
+        let (status, body) = http::get(addr, "/metrics").await.unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("loopline_agent_samples_sealed_total 7\n"), "{body}");
+        let (status, body) = http::get(addr, "/healthz").await.unwrap();
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
         stop.cancel();
         server.await.unwrap();
     }

@@ -1,10 +1,12 @@
 //! The command line of `loopline-ingest`. Every config key has a flag and a `LOOPLINE_INGEST_*`
 //! environment variable; precedence is defaults < `--config` file < environment < flags.
 
-use std::num::NonZeroUsize;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use clap::Parser;
 use loopline_common::BrokerUrl;
 use loopline_common::logging::LogFormat;
@@ -54,9 +56,15 @@ pub struct Cli {
     /// Longest a row waits before its file is committed (e.g. 15s).
     #[arg(long, env = "LOOPLINE_INGEST_ROLL_AGE", value_parser = loopline_common::duration::parse)]
     pub roll_age: Option<Duration>,
+    /// Memory a partition's buffered rows take before its file is committed (e.g. 64MiB).
+    #[arg(long, env = "LOOPLINE_INGEST_ROLL_BYTES")]
+    pub roll_bytes: Option<ByteSize>,
     /// Rows buffered over all partitions of all tables before the largest commits early.
     #[arg(long, env = "LOOPLINE_INGEST_MAX_BUFFERED_ROWS")]
     pub max_buffered_rows: Option<NonZeroUsize>,
+    /// Memory all buffered rows may take before the largest partition commits early.
+    #[arg(long, env = "LOOPLINE_INGEST_MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<ByteSize>,
     /// Messages larger than this many bytes are rejected.
     #[arg(long, env = "LOOPLINE_INGEST_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
@@ -69,6 +77,36 @@ pub struct Cli {
     /// Messages queued between the MQTT connection and the writer.
     #[arg(long, env = "LOOPLINE_INGEST_QUEUE_CAPACITY")]
     pub queue_capacity: Option<NonZeroUsize>,
+    /// Payload bytes queued between the MQTT connection and the writer (e.g. 64MiB).
+    #[arg(long, env = "LOOPLINE_INGEST_QUEUE_BYTES")]
+    pub queue_bytes: Option<ByteSize>,
+    /// Messages waiting for their commit before the broker pauses (MQTT 5 Receive Maximum).
+    #[arg(long, env = "LOOPLINE_INGEST_MAX_UNACKED")]
+    pub max_unacked: Option<NonZeroU16>,
+    /// How long the broker keeps the session, and queues messages, while ingest is away.
+    #[arg(long, env = "LOOPLINE_INGEST_SESSION_EXPIRY", value_parser = loopline_common::duration::parse)]
+    pub session_expiry: Option<Duration>,
+    /// How long de-duplication remembers a device boot that committed nothing (e.g. 7days).
+    #[arg(long, env = "LOOPLINE_INGEST_DEDUP_WINDOW", value_parser = loopline_common::duration::parse)]
+    pub dedup_window: Option<Duration>,
+    /// Seq ranges de-duplication keeps per device boot and table.
+    #[arg(long, env = "LOOPLINE_INGEST_DEDUP_MAX_RANGES")]
+    pub dedup_max_ranges: Option<NonZeroUsize>,
+    /// Longest payload kept in a quarantine row (e.g. 1MiB).
+    #[arg(long, env = "LOOPLINE_INGEST_QUARANTINE_MAX_PAYLOAD_BYTES")]
+    pub quarantine_max_payload_bytes: Option<ByteSize>,
+    /// Serve Prometheus /metrics and /healthz here (e.g. 127.0.0.1:9101).
+    #[arg(long, env = "LOOPLINE_INGEST_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM CA bundle to trust for an mqtts:// broker.
+    #[arg(long, env = "LOOPLINE_INGEST_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate by certificate.
+    #[arg(long, env = "LOOPLINE_INGEST_TLS_CLIENT_CERT_FILE")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "LOOPLINE_INGEST_TLS_CLIENT_KEY_FILE")]
+    pub tls_client_key_file: Option<PathBuf>,
     /// MQTT keep-alive (e.g. 15s).
     #[arg(long, env = "LOOPLINE_INGEST_KEEP_ALIVE", value_parser = loopline_common::duration::parse)]
     pub keep_alive: Option<Duration>,
@@ -99,23 +137,36 @@ impl Cli {
             ingest_id,
             roll_rows,
             roll_age,
+            roll_bytes,
             max_buffered_rows,
+            max_buffered_bytes,
             max_payload_bytes,
             max_clock_skew,
             zstd_level,
             queue_capacity,
+            queue_bytes,
+            max_unacked,
+            session_expiry,
+            dedup_window,
+            dedup_max_ranges,
+            quarantine_max_payload_bytes,
             keep_alive,
             log_format,
         );
-        if self.client_id.is_some() {
-            config.client_id = self.client_id.clone();
+        macro_rules! apply_optional {
+            ($($field:ident),* $(,)?) => {
+                $(if self.$field.is_some() { config.$field = self.$field.clone(); })*
+            };
         }
-        if self.share_group.is_some() {
-            config.share_group = self.share_group.clone();
-        }
-        if self.report_file.is_some() {
-            config.report_file = self.report_file.clone();
-        }
+        apply_optional!(
+            client_id,
+            share_group,
+            report_file,
+            metrics_listen,
+            tls_ca_file,
+            tls_client_cert_file,
+            tls_client_key_file,
+        );
         config.validate()?;
         Ok(config)
     }

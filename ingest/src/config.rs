@@ -1,14 +1,18 @@
 //! Ingest configuration: defaults, then the TOML file, then `LOOPLINE_INGEST_*` environment
 //! variables, then flags. Parsed into typed values once; nothing later re-checks them.
 
-use std::num::NonZeroUsize;
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use loopline_common::BrokerUrl;
 use loopline_common::logging::LogFormat;
+use loopline_common::tls::TlsConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::dedup::DedupLimits;
 use crate::writer::WriterOptions;
 use crate::{Error, Result};
 
@@ -34,10 +38,14 @@ pub struct IngestConfig {
     /// bound on how stale the lake is.
     #[serde(with = "loopline_common::duration")]
     pub roll_age: Duration,
-    /// Rows buffered over all partitions of all tables before the largest is committed early:
-    /// the memory budget (about 38 bytes a telemetry row; a health row, at most one per batch,
-    /// takes about 140).
+    /// A file is committed once its partition's buffered rows take this much memory (about
+    /// 38 bytes a telemetry row).
+    pub roll_bytes: ByteSize,
+    /// Rows buffered over all partitions of all tables before the largest is committed early.
     pub max_buffered_rows: NonZeroUsize,
+    /// Memory the buffered rows of all partitions may take before the largest is committed
+    /// early: with `queue_bytes`, the ingester's memory budget.
+    pub max_buffered_bytes: ByteSize,
     /// Messages larger than this are rejected as oversized.
     pub max_payload_bytes: usize,
     /// Samples stamped further than this in the future (by this host's clock) are rejected.
@@ -48,6 +56,37 @@ pub struct IngestConfig {
     /// Messages held between the MQTT connection and the writer; when full, the connection
     /// stops reading and the broker holds the rest.
     pub queue_capacity: NonZeroUsize,
+    /// Payload bytes held between the MQTT connection and the writer, the other bound on that
+    /// queue.
+    pub queue_bytes: ByteSize,
+    /// Messages received and not yet acknowledged (they wait for their file's commit): sent
+    /// to the broker as MQTT 5 Receive Maximum. When three quarters are waiting, the files
+    /// they wait on are committed early.
+    pub max_unacked: NonZeroU16,
+    /// How long the broker keeps this ingester's session, and queues its messages, while it
+    /// is disconnected (MQTT 5 session expiry). `0s` ends the session at disconnect.
+    #[serde(with = "loopline_common::duration")]
+    pub session_expiry: Duration,
+    /// A device boot that committed nothing for this long (before the newest commit) is
+    /// forgotten by de-duplication.
+    #[serde(with = "loopline_common::duration")]
+    pub dedup_window: Duration,
+    /// Seq ranges kept per device boot and table for de-duplication; the oldest beyond it are
+    /// forgotten (only a very late duplicate can then get through, never a row be lost).
+    pub dedup_max_ranges: NonZeroUsize,
+    /// Longest payload kept in a quarantine row; longer ones are cut (the row keeps the full
+    /// size).
+    pub quarantine_max_payload_bytes: ByteSize,
+    /// Serve Prometheus `/metrics` and `/healthz` on this address (e.g. `127.0.0.1:9101`);
+    /// unset serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM CA bundle to trust for an `mqtts://` broker.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for brokers that authenticate by certificate (needs
+    /// `tls_client_key_file`).
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: Option<PathBuf>,
     /// MQTT keep-alive.
     #[serde(with = "loopline_common::duration")]
     pub keep_alive: Duration,
@@ -67,11 +106,23 @@ impl Default for IngestConfig {
             share_group: None,
             roll_rows: NonZeroUsize::new(1_000_000).unwrap_or(NonZeroUsize::MIN),
             roll_age: Duration::from_secs(15),
+            roll_bytes: ByteSize::mib(64),
             max_buffered_rows: NonZeroUsize::new(4_000_000).unwrap_or(NonZeroUsize::MIN),
+            max_buffered_bytes: ByteSize::mib(256),
             max_payload_bytes: 8 * 1024 * 1024,
             max_clock_skew: Duration::from_secs(24 * 3600),
             zstd_level: 3,
             queue_capacity: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            queue_bytes: ByteSize::mib(64),
+            max_unacked: NonZeroU16::new(16_384).unwrap_or(NonZeroU16::MIN),
+            session_expiry: Duration::from_secs(24 * 3600),
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            dedup_max_ranges: NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
+            quarantine_max_payload_bytes: ByteSize::mib(1),
+            metrics_listen: None,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
             keep_alive: Duration::from_secs(15),
             log_format: LogFormat::Human,
             report_file: None,
@@ -130,6 +181,33 @@ impl IngestConfig {
                 format!("{id:?} must be 1 to 256 characters without whitespace"),
             );
         }
+        if self.session_expiry > Duration::from_secs(u64::from(u32::MAX)) {
+            return bad(
+                "session_expiry",
+                "must be at most 4294967295s (MQTT counts it in seconds, 32 bits)".into(),
+            );
+        }
+        if self.max_buffered_bytes < self.roll_bytes {
+            return bad(
+                "max_buffered_bytes",
+                format!(
+                    "{} is below roll_bytes = {}: files would never reach roll_bytes",
+                    self.max_buffered_bytes, self.roll_bytes
+                ),
+            );
+        }
+        if self.queue_bytes.as_u64() < self.max_payload_bytes as u64 {
+            return bad(
+                "queue_bytes",
+                format!(
+                    "{} is below max_payload_bytes = {}: the largest message could never be queued",
+                    self.queue_bytes, self.max_payload_bytes
+                ),
+            );
+        }
+        if self.roll_bytes.as_u64() == 0 {
+            return bad("roll_bytes", "must be above 0".into());
+        }
         if self.max_buffered_rows < self.roll_rows {
             return bad(
                 "max_buffered_rows",
@@ -157,14 +235,31 @@ impl IngestConfig {
         }
     }
 
+    /// The TLS files in effect.
+    pub fn tls(&self) -> TlsConfig {
+        TlsConfig {
+            ca_file: self.tls_ca_file.clone(),
+            client_cert_file: self.tls_client_cert_file.clone(),
+            client_key_file: self.tls_client_key_file.clone(),
+        }
+    }
+
     pub(crate) fn writer_options(&self) -> WriterOptions {
+        let bytes = |b: ByteSize| usize::try_from(b.as_u64()).unwrap_or(usize::MAX);
         WriterOptions {
             lake: self.lake.clone(),
             ingest_id: self.ingest_id.clone(),
             roll_rows: self.roll_rows,
             roll_age: self.roll_age,
             max_buffered_rows: self.max_buffered_rows,
+            roll_bytes: bytes(self.roll_bytes),
+            max_buffered_bytes: bytes(self.max_buffered_bytes),
             zstd_level: self.zstd_level,
+            dedup: DedupLimits {
+                window_us: i64::try_from(self.dedup_window.as_micros()).unwrap_or(i64::MAX),
+                max_ranges: self.dedup_max_ranges.get(),
+            },
+            quarantine_max_payload_bytes: bytes(self.quarantine_max_payload_bytes),
         }
     }
 }

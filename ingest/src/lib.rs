@@ -9,15 +9,23 @@
 //!   a file back.
 //! - [`telemetry`], [`inference`], [`device_health`], [`sim_labels`]: one module per table:
 //!   its schema, the row buffer of one file, and `read_file` to read one back.
+//! - [`quarantine`]: the table of messages the lake could not take as they were.
 //! - [`writer`]: partitions, rolling, durable file commits and the commit log, once for every
-//!   table.
-//! - [`service`]: the running process: MQTT task, bounded queue, writer task, shutdown.
+//!   table; it also de-duplicates, with the state in [`dedup`].
+//! - [`acks`]: which received messages are durable and may be acknowledged, in order.
+//! - [`service`]: the running process: MQTT 5 task with manual acknowledgements, bounded
+//!   queue, writer task, shutdown.
+//! - [`metrics`]: Prometheus `/metrics` and `/healthz`.
 //! - [`stats`]: counters shared with whoever watches (progress line, exit report).
 
+pub mod acks;
 pub mod cli;
 pub mod config;
+pub mod dedup;
 pub mod device_health;
 pub mod inference;
+pub mod metrics;
+pub mod quarantine;
 pub mod service;
 pub mod sim_labels;
 pub mod stats;

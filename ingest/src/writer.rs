@@ -10,8 +10,17 @@
 //!   `<lake>/_loopline/commits/<ingest-id>.log`, which is fsynced before the commit is
 //!   reported. `n` counts files over all tables and is taken from that log at start, so file
 //!   names never repeat across restarts.
-//! - Memory is bounded: a partition rolls at `roll_rows`, at `roll_age`, and the largest one
-//!   of any table rolls early when all buffers together pass `max_buffered_rows`.
+//! - Memory is bounded: a partition rolls at `roll_rows`, at `roll_bytes` of buffered rows,
+//!   at `roll_age`, and the largest one of any table rolls early when all buffers together
+//!   pass `max_buffered_rows` or `max_buffered_bytes`.
+//! - Every partition buffer has an id, unique in this process. [`LakeWriter::append`] says
+//!   which buffers a message's rows went to (or, for a duplicate, which buffer already holds
+//!   them), and every commit says which buffer it emptied: that is all the caller needs to
+//!   acknowledge a message only once it is durable ([`crate::acks`]).
+//! - De-duplication ([`crate::dedup`]) happens here, per table and hour partition, because
+//!   only the writer knows which rows are buffered and which are committed. Its state is
+//!   rebuilt at open from every commit log in the lake (each record names the
+//!   `(device, boot_id, seq)` it holds), so a redelivery after a crash adds no row.
 //!
 //! Tables differ only in their [`RowBuffer`]: partitioning, rolling and committing are written
 //! once, in `TableWriter` and `Files`. Adding a table is a field of [`LakeWriter`] and an
@@ -40,8 +49,10 @@ use tokio::time::Instant;
 
 use loopline_proto::v1::TelemetryBatch;
 
+use crate::dedup::{Dedup, DedupLimits, DedupSize, PartRef, PartState, Source, SourceSeqs};
 use crate::device_health::DeviceHealthBuffer;
 use crate::inference::InferenceBuffer;
+use crate::quarantine::{QuarantineBuffer, QuarantineRow};
 use crate::sim_labels::SimLabelBuffer;
 use crate::table::{FromBatch, RowBuffer};
 use crate::telemetry::{self, TelemetryBuffer};
@@ -51,12 +62,16 @@ use crate::{Error, Result};
 pub const COMMITS_DIR: &str = "_loopline/commits";
 
 /// Every table the writer fills, in the order of `LakeWriter::tables`.
-pub const TABLES: [&str; 4] = [
+pub const TABLES: [&str; 5] = [
     telemetry::TABLE,
     crate::inference::TABLE,
     crate::device_health::TABLE,
     crate::sim_labels::TABLE,
+    crate::quarantine::TABLE,
 ];
+
+/// Index of the quarantine table in [`TABLES`].
+const QUARANTINE: usize = 4;
 
 /// How the writer rolls and encodes files.
 #[derive(Debug, Clone)]
@@ -66,13 +81,21 @@ pub struct WriterOptions {
     pub roll_rows: NonZeroUsize,
     pub roll_age: Duration,
     pub max_buffered_rows: NonZeroUsize,
+    /// A partition rolls once its buffered rows take this many bytes of memory.
+    pub roll_bytes: usize,
+    /// Bytes of buffered rows over all partitions before the largest rolls early.
+    pub max_buffered_bytes: usize,
     pub zstd_level: i32,
+    /// How much de-duplication state to keep.
+    pub dedup: DedupLimits,
+    /// Longest payload kept in a quarantine row.
+    pub quarantine_max_payload_bytes: usize,
 }
 
 /// One line of the commit log: a file that is now part of the lake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRecord {
-    /// Record format version.
+    /// Record format version: 1 before records named their partition and sources, 2 since.
     pub v: u32,
     /// File number, unique per ingester over all tables.
     pub n: u64,
@@ -81,6 +104,11 @@ pub struct CommitRecord {
     pub table: String,
     /// Path relative to the lake root, with `/` separators.
     pub path: String,
+    /// The partition's site and line (empty in version 1 records).
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub line: String,
     pub rows: u64,
     pub bytes: u64,
     /// Smallest and largest partition timestamp in the file (`ts`, or `start_ts` for
@@ -88,6 +116,40 @@ pub struct CommitRecord {
     pub min_ts_us: i64,
     pub max_ts_us: i64,
     pub committed_at_us: i64,
+    /// The messages whose rows the file holds, per source: what de-duplication is rebuilt
+    /// from. Empty for quarantine files and version 1 records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceSeqs>,
+}
+
+/// A file committed, and the partition buffer it emptied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub record: CommitRecord,
+    /// The buffer's id, as [`Appended::buffers`] named it.
+    pub buffer: u64,
+    /// How long writing, syncing, renaming and logging the file took.
+    pub took: Duration,
+}
+
+/// What appending one message did.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// The buffers holding the message's rows; it is durable once all of them commit.
+    pub buffers: Vec<u64>,
+    /// Parts (a table's rows in one hour partition) written.
+    pub new_parts: usize,
+    /// Parts skipped because the lake already holds or buffers them.
+    pub duplicate_parts: usize,
+    /// Files committed by this append (a partition reached its size).
+    pub commits: Vec<Committed>,
+}
+
+impl Appended {
+    /// True when every part of the message was a duplicate.
+    pub fn is_duplicate(&self) -> bool {
+        self.new_parts == 0 && self.duplicate_parts > 0
+    }
 }
 
 fn telemetry_table() -> String {
@@ -121,6 +183,12 @@ impl PartitionKey {
 struct Partition<B> {
     rows: B,
     opened: Instant,
+    /// Unique in this process; what acknowledgements wait on.
+    id: u64,
+    /// The messages whose rows are here.
+    parts: Vec<PartRef>,
+    /// `rows.heap_size()` when last measured.
+    bytes: usize,
 }
 
 /// The open partitions of one table, and how its files are encoded.
@@ -128,6 +196,7 @@ struct Partition<B> {
 struct TableWriter<B: RowBuffer> {
     partitions: HashMap<PartitionKey, Partition<B>>,
     buffered_rows: usize,
+    buffered_bytes: usize,
     properties: WriterProperties,
 }
 
@@ -136,41 +205,109 @@ impl<B: RowBuffer> TableWriter<B> {
         TableWriter {
             partitions: HashMap::new(),
             buffered_rows: 0,
+            buffered_bytes: 0,
             properties: properties::<B>(zstd),
         }
     }
+
+    /// The buffer of partition `key`, opened (with the next id) if need be.
+    fn partition(&mut self, key: &PartitionKey, now: Instant, ids: &mut u64) -> &mut Partition<B> {
+        self.partitions.entry(key.clone()).or_insert_with(|| {
+            *ids += 1;
+            Partition {
+                rows: B::default(),
+                opened: now,
+                id: *ids,
+                parts: Vec::new(),
+                bytes: 0,
+            }
+        })
+    }
+
+    /// Re-measures a partition after rows went in; true when it is due to roll by size.
+    fn measure(&mut self, key: &PartitionKey, limits: &Limits) -> bool {
+        let Some(partition) = self.partitions.get_mut(key) else {
+            return false;
+        };
+        let bytes = partition.rows.heap_size();
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(partition.bytes) + bytes;
+        partition.bytes = bytes;
+        partition.rows.rows() >= limits.roll_rows || bytes >= limits.roll_bytes
+    }
+}
+
+/// The size limits a partition rolls at.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    roll_rows: usize,
+    roll_bytes: usize,
+}
+
+/// One message as the tables see it.
+struct Message<'a> {
+    batch: &'a TelemetryBatch,
+    source: Source,
+    seq: u64,
+    site: &'a Arc<str>,
+    line: &'a Arc<str>,
 }
 
 impl<B: FromBatch> TableWriter<B> {
-    /// Buffers the rows `batch` has for this table; returns the partitions that reached
-    /// `roll_rows`.
+    /// Buffers the rows `message` has for this table (table `index`), skipping the parts
+    /// de-duplication already knows. Returns the partitions now due to roll by size.
+    #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
-        batch: &TelemetryBatch,
-        site: &Arc<str>,
-        line: &Arc<str>,
+        index: usize,
+        message: &Message<'_>,
         now: Instant,
-        roll_rows: usize,
+        limits: &Limits,
+        ids: &mut u64,
+        dedup: &mut Dedup,
+        appended: &mut Appended,
     ) -> Vec<PartitionKey> {
         let mut full = Vec::new();
-        for hour in B::hours(batch) {
+        let hours = B::hours(message.batch);
+        let span = u32::try_from(hours.len()).unwrap_or(u32::MAX);
+        for hour in hours {
+            match dedup.part(index, &message.source, message.seq, hour) {
+                PartState::Committed => {
+                    appended.duplicate_parts += 1;
+                    continue;
+                }
+                PartState::Buffered(buffer) => {
+                    appended.duplicate_parts += 1;
+                    appended.buffers.push(buffer);
+                    continue;
+                }
+                PartState::New => {}
+            }
             let key = PartitionKey {
-                site: site.clone(),
-                line: line.clone(),
+                site: message.site.clone(),
+                line: message.line.clone(),
                 hour,
             };
-            let partition = self
-                .partitions
-                .entry(key.clone())
-                .or_insert_with(|| Partition {
-                    rows: B::default(),
-                    opened: now,
-                });
-            self.buffered_rows += partition.rows.append_hour(batch, hour);
+            let partition = self.partition(&key, now, ids);
+            let rows = partition.rows.append_hour(message.batch, hour);
             if partition.rows.is_empty() {
                 // Never commit an empty file, whatever a table's `hours` promised.
                 self.partitions.remove(&key);
-            } else if partition.rows.rows() >= roll_rows {
+                continue;
+            }
+            if rows == 0 {
+                continue;
+            }
+            let part = PartRef {
+                source: message.source.clone(),
+                seq: message.seq,
+                hours: span,
+            };
+            dedup.buffered(index, &part, hour, partition.id);
+            appended.buffers.push(partition.id);
+            partition.parts.push(part);
+            appended.new_parts += 1;
+            self.buffered_rows += rows;
+            if self.measure(&key, limits) {
                 full.push(key);
             }
         }
@@ -184,17 +321,41 @@ trait Pending: Send {
     fn largest(&self) -> Option<(usize, PartitionKey)>;
     /// Every open partition and when its first row was buffered, in key order.
     fn opened(&self) -> Vec<(PartitionKey, Instant)>;
-    /// Writes the partition's rows as one file and records it.
-    fn commit(&mut self, key: &PartitionKey, files: &mut Files) -> Result<CommitRecord>;
+    /// Every open partition's buffer id.
+    fn buffer_ids(&self) -> Vec<(u64, PartitionKey)>;
+    /// Writes the partition's rows as one file and records it; returns the record, the
+    /// emptied buffer's id and the parts it held.
+    fn commit(
+        &mut self,
+        key: &PartitionKey,
+        files: &mut Files,
+    ) -> Result<(CommitRecord, u64, Vec<PartRef>)>;
+    fn buffered_rows(&self) -> usize;
+    fn buffered_bytes(&self) -> usize;
 }
 
 impl<B: RowBuffer> Pending for TableWriter<B> {
     fn largest(&self) -> Option<(usize, PartitionKey)> {
         self.partitions
             .iter()
-            .map(|(k, p)| (p.rows.rows(), k))
+            .map(|(k, p)| (p.bytes.max(p.rows.rows()), k))
             .max()
-            .map(|(rows, k)| (rows, k.clone()))
+            .map(|(size, k)| (size, k.clone()))
+    }
+
+    fn buffer_ids(&self) -> Vec<(u64, PartitionKey)> {
+        self.partitions
+            .iter()
+            .map(|(k, p)| (p.id, k.clone()))
+            .collect()
+    }
+
+    fn buffered_rows(&self) -> usize {
+        self.buffered_rows
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
     }
 
     fn opened(&self) -> Vec<(PartitionKey, Instant)> {
@@ -207,7 +368,11 @@ impl<B: RowBuffer> Pending for TableWriter<B> {
         opened
     }
 
-    fn commit(&mut self, key: &PartitionKey, files: &mut Files) -> Result<CommitRecord> {
+    fn commit(
+        &mut self,
+        key: &PartitionKey,
+        files: &mut Files,
+    ) -> Result<(CommitRecord, u64, Vec<PartRef>)> {
         let Some(partition) = self.partitions.remove(key) else {
             return Err(Error::Internal(format!(
                 "commit of a {} partition that is not buffered",
@@ -215,6 +380,7 @@ impl<B: RowBuffer> Pending for TableWriter<B> {
             )));
         };
         self.buffered_rows -= partition.rows.rows();
+        self.buffered_bytes = self.buffered_bytes.saturating_sub(partition.bytes);
         let dir_rel = key.dir(B::TABLE)?;
         let name = files.next_name();
         let batch = partition
@@ -224,14 +390,17 @@ impl<B: RowBuffer> Pending for TableWriter<B> {
                 path: files.lake.join(&dir_rel).join(&name),
                 source,
             })?;
-        files.commit(
+        let record = files.commit(
             B::TABLE,
+            key,
             &dir_rel,
             &name,
             &self.properties,
             &batch,
             partition.rows.ts_range(),
-        )
+            &partition.parts,
+        )?;
+        Ok((record, partition.id, partition.parts))
     }
 }
 
@@ -284,14 +453,17 @@ impl Files {
 
     /// Writes `batch` as `<dir_rel>/<name>` (temporary name, fsync, rename, folder fsync),
     /// then appends its record to the commit log and fsyncs that.
+    #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
         table: &str,
+        key: &PartitionKey,
         dir_rel: &str,
         name: &str,
         properties: &WriterProperties,
         batch: &RecordBatch,
         (min_ts_us, max_ts_us): (i64, i64),
+        parts: &[PartRef],
     ) -> Result<CommitRecord> {
         let n = self.next_n;
         let dir = self.lake.join(dir_rel);
@@ -324,15 +496,18 @@ impl Files {
         sync_dir(&dir)?;
         self.next_n += 1;
         let record = CommitRecord {
-            v: 1,
+            v: 2,
             n,
             table: table.to_owned(),
             path: format!("{dir_rel}/{name}"),
+            site: key.site.to_string(),
+            line: key.line.to_string(),
             rows: batch.num_rows() as u64,
             bytes,
             min_ts_us,
             max_ts_us,
             committed_at_us: Utc::now().timestamp_micros(),
+            sources: crate::dedup::record_sources(parts),
         };
         let mut line = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
         line.push(b'\n');
@@ -353,11 +528,16 @@ pub struct LakeWriter {
     inference: TableWriter<InferenceBuffer>,
     device_health: TableWriter<DeviceHealthBuffer>,
     sim_labels: TableWriter<SimLabelBuffer>,
+    quarantine: TableWriter<QuarantineBuffer>,
     files: Files,
+    dedup: Dedup,
+    /// The last partition buffer id handed out.
+    ids: u64,
 }
 
 impl LakeWriter {
-    /// Opens the lake (creating it if needed) and this ingester's commit log.
+    /// Opens the lake (creating it if needed) and this ingester's commit log, and rebuilds
+    /// de-duplication from every ingester's commit log in the lake.
     pub fn open(options: WriterOptions) -> Result<Self> {
         let commits = options.lake.join(COMMITS_DIR);
         create_dir_durable(&commits)?;
@@ -367,6 +547,15 @@ impl LakeWriter {
             .map(|r| r.n + 1)
             .max()
             .unwrap_or(0);
+        let mut dedup = Dedup::new(options.dedup);
+        for log in commit_logs(&options.lake)? {
+            for record in read_commits(&log)? {
+                if let Some(table) = TABLES.iter().position(|t| *t == record.table) {
+                    dedup.replay(table, &record);
+                }
+            }
+        }
+        dedup.prune();
         let commit_log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -384,6 +573,7 @@ impl LakeWriter {
             inference: TableWriter::new(zstd),
             device_health: TableWriter::new(zstd),
             sim_labels: TableWriter::new(zstd),
+            quarantine: TableWriter::new(zstd),
             files: Files {
                 lake: options.lake.clone(),
                 ingest_id: options.ingest_id.clone(),
@@ -393,20 +583,34 @@ impl LakeWriter {
                 known_dirs: HashSet::new(),
             },
             options,
+            dedup,
+            ids: 0,
         })
     }
 
     /// Every table, in the order of [`TABLES`], and the files they commit through.
-    fn tables(&mut self) -> ([&mut dyn Pending; TABLES.len()], &mut Files) {
+    fn tables(&mut self) -> ([&mut dyn Pending; TABLES.len()], &mut Files, &mut Dedup) {
         (
             [
                 &mut self.telemetry,
                 &mut self.inference,
                 &mut self.device_health,
                 &mut self.sim_labels,
+                &mut self.quarantine,
             ],
             &mut self.files,
+            &mut self.dedup,
         )
+    }
+
+    fn tables_ref(&self) -> [&dyn Pending; TABLES.len()] {
+        [
+            &self.telemetry,
+            &self.inference,
+            &self.device_health,
+            &self.sim_labels,
+            &self.quarantine,
+        ]
     }
 
     /// Path of this ingester's commit log.
@@ -416,88 +620,204 @@ impl LakeWriter {
 
     /// Rows buffered over all tables and not yet in any file.
     pub fn buffered_rows(&self) -> usize {
-        self.telemetry.buffered_rows
-            + self.inference.buffered_rows
-            + self.device_health.buffered_rows
-            + self.sim_labels.buffered_rows
+        self.tables_ref().iter().map(|t| t.buffered_rows()).sum()
     }
 
-    /// Buffers a validated batch's rows of every table, and commits whatever that makes due
-    /// by size. Returns the files committed.
-    pub fn append(&mut self, batch: &TelemetryBatch, now: Instant) -> Result<Vec<CommitRecord>> {
+    /// Bytes of memory the buffered rows take, over all tables.
+    pub fn buffered_bytes(&self) -> usize {
+        self.tables_ref().iter().map(|t| t.buffered_bytes()).sum()
+    }
+
+    /// How much de-duplication state is held.
+    pub fn dedup_size(&self) -> DedupSize {
+        self.dedup.size()
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            roll_rows: self.options.roll_rows.get(),
+            roll_bytes: self.options.roll_bytes,
+        }
+    }
+
+    /// Buffers a validated batch's rows of every table, less the parts the lake already holds
+    /// or buffers, and commits whatever that makes due by size.
+    pub fn append(&mut self, batch: &TelemetryBatch, now: Instant) -> Result<Appended> {
+        let mut appended = Appended::default();
         let Some(device) = batch.device.as_ref() else {
-            return Ok(Vec::new());
+            return Ok(appended);
         };
         let site: Arc<str> = device.site.as_str().into();
         let line: Arc<str> = device.line.as_str().into();
-        let roll = self.options.roll_rows.get();
-        let full: [Vec<PartitionKey>; TABLES.len()] = [
-            self.telemetry.append(batch, &site, &line, now, roll),
-            self.inference.append(batch, &site, &line, now, roll),
-            self.device_health.append(batch, &site, &line, now, roll),
-            self.sim_labels.append(batch, &site, &line, now, roll),
+        let message = Message {
+            batch,
+            source: Source::new(&device.site, &device.line, &device.device, &batch.boot_id),
+            seq: batch.seq,
+            site: &site,
+            line: &line,
+        };
+        let limits = self.limits();
+        let (ids, dedup) = (&mut self.ids, &mut self.dedup);
+        let full: [Vec<PartitionKey>; 4] = [
+            self.telemetry
+                .append(0, &message, now, &limits, ids, dedup, &mut appended),
+            self.inference
+                .append(1, &message, now, &limits, ids, dedup, &mut appended),
+            self.device_health
+                .append(2, &message, now, &limits, ids, dedup, &mut appended),
+            self.sim_labels
+                .append(3, &message, now, &limits, ids, dedup, &mut appended),
         ];
-        let mut committed = Vec::new();
-        let (mut tables, files) = self.tables();
-        for (table, keys) in tables.iter_mut().zip(full) {
+        for (table, keys) in full.into_iter().enumerate() {
             for key in keys {
-                committed.push(table.commit(&key, files)?);
+                let committed = self.commit(table, &key)?;
+                appended.commits.push(committed);
             }
         }
-        while self.buffered_rows() > self.options.max_buffered_rows.get() {
-            let (tables, files) = self.tables();
-            let Some((table, key)) = tables
+        self.enforce_budget(&mut appended.commits)?;
+        Ok(appended)
+    }
+
+    /// Buffers one message for the quarantine table, and commits what that makes due.
+    pub fn quarantine(&mut self, row: &QuarantineRow<'_>, now: Instant) -> Result<Appended> {
+        let (site, line) = crate::quarantine::partition_of(row.topic);
+        let key = PartitionKey {
+            site: site.into(),
+            line: line.into(),
+            hour: crate::table::hour_of(row.received_at_us),
+        };
+        let limits = self.limits();
+        let max_payload = self.options.quarantine_max_payload_bytes;
+        let table = &mut self.quarantine;
+        let partition = table.partition(&key, now, &mut self.ids);
+        partition.rows.push(&self.options.ingest_id, row, max_payload);
+        let mut appended = Appended {
+            buffers: vec![partition.id],
+            new_parts: 1,
+            ..Appended::default()
+        };
+        table.buffered_rows += 1;
+        if table.measure(&key, &limits) {
+            let committed = self.commit(QUARANTINE, &key)?;
+            appended.commits.push(committed);
+        }
+        self.enforce_budget(&mut appended.commits)?;
+        Ok(appended)
+    }
+
+    /// Commits the largest partitions while the buffers exceed either memory budget.
+    fn enforce_budget(&mut self, commits: &mut Vec<Committed>) -> Result<()> {
+        while self.buffered_rows() > self.options.max_buffered_rows.get()
+            || self.buffered_bytes() > self.options.max_buffered_bytes
+        {
+            let Some((table, key)) = self
+                .tables_ref()
                 .iter()
                 .enumerate()
-                .filter_map(|(t, table)| table.largest().map(|(rows, key)| (rows, t, key)))
-                .max_by_key(|(rows, _, _)| *rows)
+                .filter_map(|(t, table)| table.largest().map(|(size, key)| (size, t, key)))
+                .max_by_key(|(size, _, _)| *size)
                 .map(|(_, t, key)| (t, key))
             else {
                 break;
             };
-            committed.push(tables[table].commit(&key, files)?);
+            commits.push(self.commit(table, &key)?);
         }
-        Ok(committed)
+        Ok(())
+    }
+
+    /// Commits one partition of table `table` and updates de-duplication.
+    fn commit(&mut self, table: usize, key: &PartitionKey) -> Result<Committed> {
+        let started = std::time::Instant::now();
+        let (tables, files, dedup) = self.tables();
+        let (record, buffer, parts) = tables[table].commit(key, files)?;
+        dedup.committed(table, key.hour, &parts, record.committed_at_us);
+        Ok(Committed {
+            record,
+            buffer,
+            took: started.elapsed(),
+        })
     }
 
     /// Commits every partition, of any table, opened at least `roll_age` before `now`.
-    pub fn roll_due(&mut self, now: Instant) -> Result<Vec<CommitRecord>> {
+    pub fn roll_due(&mut self, now: Instant) -> Result<Vec<Committed>> {
         let age = self.options.roll_age;
-        self.commit_where(|opened| now.duration_since(opened) >= age)
+        let due = self.select(|_, opened| now.duration_since(opened) >= age);
+        let committed = self.commit_all(due)?;
+        if !committed.is_empty() {
+            self.dedup.prune();
+        }
+        Ok(committed)
     }
 
-    /// Commits every buffered row.
-    pub fn flush(&mut self) -> Result<Vec<CommitRecord>> {
-        self.commit_where(|_| true)
-    }
-
-    fn commit_where(&mut self, due: impl Fn(Instant) -> bool) -> Result<Vec<CommitRecord>> {
-        let (tables, files) = self.tables();
-        let mut committed = Vec::new();
-        for table in tables {
-            for (key, opened) in table.opened() {
-                if due(opened) {
-                    committed.push(table.commit(&key, files)?);
+    /// Commits the partitions whose buffers are among `buffers` (those still open).
+    pub fn commit_buffers(&mut self, buffers: &[u64]) -> Result<Vec<Committed>> {
+        let wanted: HashSet<u64> = buffers.iter().copied().collect();
+        let mut due = Vec::new();
+        for (t, table) in self.tables_ref().iter().enumerate() {
+            for (id, key) in table.buffer_ids() {
+                if wanted.contains(&id) {
+                    due.push((t, key));
                 }
             }
         }
-        Ok(committed)
+        self.commit_all(due)
+    }
+
+    /// Commits every buffered row.
+    pub fn flush(&mut self) -> Result<Vec<Committed>> {
+        let due = self.select(|_, _| true);
+        self.commit_all(due)
+    }
+
+    fn select(&self, due: impl Fn(&PartitionKey, Instant) -> bool) -> Vec<(usize, PartitionKey)> {
+        let mut selected = Vec::new();
+        for (t, table) in self.tables_ref().iter().enumerate() {
+            for (key, opened) in table.opened() {
+                if due(&key, opened) {
+                    selected.push((t, key));
+                }
+            }
+        }
+        selected
+    }
+
+    fn commit_all(&mut self, due: Vec<(usize, PartitionKey)>) -> Result<Vec<Committed>> {
+        due.into_iter()
+            .map(|(table, key)| self.commit(table, &key))
+            .collect()
     }
 
     /// When the oldest open partition of any table is due to roll.
     pub fn next_roll(&self) -> Option<Instant> {
-        let opened = |t: &dyn Pending| t.opened().into_iter().map(|(_, at)| at).min();
-        [
-            opened(&self.telemetry),
-            opened(&self.inference),
-            opened(&self.device_health),
-            opened(&self.sim_labels),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map(|at| at + self.options.roll_age)
+        self.tables_ref()
+            .iter()
+            .flat_map(|t| t.opened().into_iter().map(|(_, at)| at))
+            .min()
+            .map(|at| at + self.options.roll_age)
     }
+}
+
+/// Every commit log in the lake (one per ingester that ever wrote to it), sorted by path.
+pub fn commit_logs(lake: &Path) -> Result<Vec<PathBuf>> {
+    let dir = lake.join(COMMITS_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Io { path: dir, source }),
+    };
+    let mut logs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            logs.push(path);
+        }
+    }
+    logs.sort();
+    Ok(logs)
 }
 
 /// The telemetry records of a commit log: the files that hold samples, which is what this

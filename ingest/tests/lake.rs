@@ -11,8 +11,11 @@ use std::time::Duration;
 use loopline_ingest::device_health::{self, DeviceHealthRow};
 use loopline_ingest::inference::{self, InferenceRow};
 use loopline_ingest::sim_labels::{self, SimLabelRow};
+use loopline_ingest::dedup::DedupLimits;
+use loopline_ingest::quarantine::QuarantineRow;
 use loopline_ingest::telemetry::read_file as read_rows;
 use loopline_ingest::writer::{
+    Appended, Committed,
     CommitRecord, LakeWriter, TABLES, WriterOptions, read_commit_log, read_commits,
     read_table_commits,
 };
@@ -37,7 +40,31 @@ fn options(lake: &Path) -> WriterOptions {
         roll_rows: NonZeroUsize::new(1_000_000).unwrap(),
         roll_age: Duration::from_secs(3600),
         max_buffered_rows: NonZeroUsize::new(10_000_000).unwrap(),
+        roll_bytes: usize::MAX,
+        max_buffered_bytes: usize::MAX,
         zstd_level: 3,
+        dedup: DedupLimits {
+            window_us: 7 * 24 * 3_600_000_000,
+            max_ranges: 4096,
+        },
+        quarantine_max_payload_bytes: 1 << 20,
+    }
+}
+
+/// The commit records of what a writer call committed.
+trait Records {
+    fn recs(self) -> Vec<CommitRecord>;
+}
+
+impl Records for Appended {
+    fn recs(self) -> Vec<CommitRecord> {
+        self.commits.into_iter().map(|c| c.record).collect()
+    }
+}
+
+impl Records for Vec<Committed> {
+    fn recs(self) -> Vec<CommitRecord> {
+        self.into_iter().map(|c| c.record).collect()
     }
 }
 
@@ -192,9 +219,9 @@ fn batches_spanning_an_hour_split_into_two_partitions() {
     // 100 samples at 1 ms from 40 ms before the hour: 40 land in hour 10, 60 in hour 11.
     let b = batch(&dev, "b1", 0, T0 + HOUR_US - 40_000, 100, 1000);
     let now = Instant::now();
-    assert!(writer.append(&b, now).unwrap().is_empty());
+    assert!(writer.append(&b, now).unwrap().recs().is_empty());
     assert_eq!(writer.buffered_rows(), 200);
-    let records = writer.flush().unwrap();
+    let records = writer.flush().unwrap().recs();
     assert_eq!(records.len(), 2);
     let mut by_hour: BTreeMap<&str, u64> = BTreeMap::new();
     for r in &records {
@@ -238,19 +265,19 @@ fn rolls_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .append(&batch(&a, "x", 0, T0, 100, 1000), t)
-            .unwrap()
+            .unwrap().recs()
             .is_empty()
     );
     assert!(
         writer
             .append(&batch(&a, "x", 1, T0 + 100_000, 100, 1000), t)
-            .unwrap()
+            .unwrap().recs()
             .is_empty()
     );
     // Third batch brings line a to 600 rows >= 500: rolled by rows.
     let by_rows = writer
         .append(&batch(&a, "x", 2, T0 + 200_000, 100, 1000), t)
-        .unwrap();
+        .unwrap().recs();
     assert_eq!(
         by_rows.iter().map(|r| r.rows).collect::<Vec<_>>(),
         vec![600]
@@ -259,16 +286,16 @@ fn rolls_by_rows_by_age_and_by_memory() {
 
     // Line b's 400 rows and line a's 400 rows: 800 > 700, the largest (a tie broken either
     // way) is committed early.
-    writer.append(&batch(&b, "x", 0, T0, 100, 1000), t).unwrap();
+    writer.append(&batch(&b, "x", 0, T0, 100, 1000), t).unwrap().recs();
     writer
         .append(&batch(&b, "x", 1, T0 + 100_000, 100, 1000), t)
-        .unwrap();
+        .unwrap().recs();
     writer
         .append(&batch(&a, "x", 3, T0 + 300_000, 100, 1000), t)
-        .unwrap();
+        .unwrap().recs();
     let by_memory = writer
         .append(&batch(&a, "x", 4, T0 + 400_000, 100, 1000), t)
-        .unwrap();
+        .unwrap().recs();
     assert_eq!(by_memory.len(), 1);
     assert_eq!(by_memory[0].rows, 400);
     assert_eq!(writer.buffered_rows(), 400);
@@ -277,11 +304,11 @@ fn rolls_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .roll_due(t + Duration::from_secs(9))
-            .unwrap()
+            .unwrap().recs()
             .is_empty()
     );
     assert_eq!(writer.next_roll(), Some(t + Duration::from_secs(10)));
-    let by_age = writer.roll_due(t + Duration::from_secs(10)).unwrap();
+    let by_age = writer.roll_due(t + Duration::from_secs(10)).unwrap().recs();
     assert_eq!(by_age.iter().map(|r| r.rows).sum::<u64>(), 400);
     assert_eq!(writer.next_roll(), None);
 
@@ -299,8 +326,8 @@ fn file_numbers_continue_after_reopen_and_a_torn_log_line() {
     let mut writer = LakeWriter::open(options(dir.path())).unwrap();
     writer
         .append(&batch(&dev, "x", 0, T0, 10, 1000), t)
-        .unwrap();
-    let first = writer.flush().unwrap();
+        .unwrap().recs();
+    let first = writer.flush().unwrap().recs();
     let log_path = writer.commit_log_path().to_owned();
     drop(writer);
     // A crash mid-append leaves half a line.
@@ -313,8 +340,8 @@ fn file_numbers_continue_after_reopen_and_a_torn_log_line() {
     let mut writer = LakeWriter::open(options(dir.path())).unwrap();
     writer
         .append(&batch(&dev, "x", 1, T0, 10, 1000), t)
-        .unwrap();
-    let second = writer.flush().unwrap();
+        .unwrap().recs();
+    let second = writer.flush().unwrap().recs();
     assert_eq!(first[0].n, 0);
     assert_eq!(second[0].n, 1);
     assert_ne!(first[0].path, second[0].path);
@@ -343,8 +370,8 @@ fn no_temporary_files_remain() {
     let dev = DeviceId::checked("s", "l", "d").unwrap();
     writer
         .append(&batch(&dev, "x", 0, T0, 50, 1000), Instant::now())
-        .unwrap();
-    writer.flush().unwrap();
+        .unwrap().recs();
+    writer.flush().unwrap().recs();
     for path in parquet_files(dir.path()) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
@@ -415,10 +442,10 @@ proptest! {
         let mut records = Vec::new();
         let mut want = Vec::new();
         for b in &batches {
-            records.extend(writer.append(b, Instant::now()).unwrap());
+            records.extend(writer.append(b, Instant::now()).unwrap().recs());
             want.extend(expected_rows(b));
         }
-        records.extend(writer.flush().unwrap());
+        records.extend(writer.flush().unwrap().recs());
         prop_assert_eq!(writer.buffered_rows(), 0);
         prop_assert_eq!(&read_commit_log(writer.commit_log_path()).unwrap(), &records);
         let mut got = read_lake(dir.path(), &records);
@@ -688,9 +715,9 @@ fn every_table_round_trips() {
     ];
     let mut records = Vec::new();
     for x in &batches {
-        records.extend(writer.append(x, t).unwrap());
+        records.extend(writer.append(x, t).unwrap().recs());
     }
-    records.extend(writer.flush().unwrap());
+    records.extend(writer.flush().unwrap().recs());
     assert_eq!(writer.buffered_rows(), 0);
 
     // The log holds every table's records in commit order; read_commit_log only telemetry's.
@@ -798,8 +825,31 @@ fn every_table_is_encoded_for_every_reader() {
     let dev = DeviceId::checked("s", "l", "d").unwrap();
     writer
         .append(&batch_with_parts(&dev, "x", 0, T0, 20, 3), Instant::now())
+        .unwrap()
+        .recs();
+    writer
+        .quarantine(
+            &QuarantineRow {
+                received_at_us: T0,
+                topic: "loopline/v1/s/l/d/telemetry",
+                reason: "undecodable",
+                detail: "not protobuf",
+                payload: b"\xff\xfe",
+            },
+            Instant::now(),
+        )
         .unwrap();
-    let records = writer.flush().unwrap();
+    let records = writer.flush().unwrap().recs();
+    let quarantined: Vec<_> = records.iter().filter(|r| r.table == "quarantine").collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(quarantined[0].sources.is_empty());
+    let rows = loopline_ingest::quarantine::read_file(&dir.path().join(&quarantined[0].path)).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].reason.as_str(), rows[0].payload.as_slice(), rows[0].payload_bytes),
+        ("undecodable", &b"\xff\xfe"[..], 2)
+    );
+    assert_eq!(rows[0].ingest_id, "test-1");
     assert_eq!(
         records
             .iter()
@@ -812,6 +862,7 @@ fn every_table_is_encoded_for_every_reader() {
         ("inference", vec!["device", "ts"]),
         ("device_health", vec!["device", "ts"]),
         ("sim_labels", vec!["device", "start_ts"]),
+        ("quarantine", vec!["received_at", "topic"]),
     ];
     for record in &records {
         let file = std::fs::File::open(dir.path().join(&record.path)).unwrap();
@@ -858,7 +909,7 @@ fn every_table_is_encoded_for_every_reader() {
                 schema.column(i).name()
             );
         }
-        let want_ts = if record.table == "telemetry" || record.table == "device_health" {
+        let want_ts = if ["telemetry", "device_health", "quarantine"].contains(&record.table.as_str()) {
             1
         } else {
             2
@@ -884,10 +935,10 @@ fn other_tables_roll_by_rows_by_age_and_by_memory() {
         b.sim_labels.clear();
         b
     };
-    assert!(writer.append(&parts(0, T0, 3), t).unwrap().is_empty());
+    assert!(writer.append(&parts(0, T0, 3), t).unwrap().recs().is_empty());
     assert_eq!(writer.buffered_rows(), 4);
     // 6 results >= 5: the inference partition rolls by rows; health (2) waits.
-    let by_rows = writer.append(&parts(1, T0 + 100_000, 3), t).unwrap();
+    let by_rows = writer.append(&parts(1, T0 + 100_000, 3), t).unwrap().recs();
     assert_eq!(
         by_rows
             .iter()
@@ -901,10 +952,10 @@ fn other_tables_roll_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .append(&parts(2, T0 + 200_000, 2), t)
-            .unwrap()
+            .unwrap().recs()
             .is_empty()
     );
-    let by_memory = writer.append(&parts(3, T0 + 300_000, 1), t).unwrap();
+    let by_memory = writer.append(&parts(3, T0 + 300_000, 1), t).unwrap().recs();
     assert_eq!(
         by_memory
             .iter()
@@ -917,11 +968,11 @@ fn other_tables_roll_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .roll_due(t + Duration::from_secs(9))
-            .unwrap()
+            .unwrap().recs()
             .is_empty()
     );
     assert_eq!(writer.next_roll(), Some(t + Duration::from_secs(10)));
-    let by_age = writer.roll_due(t + Duration::from_secs(10)).unwrap();
+    let by_age = writer.roll_due(t + Duration::from_secs(10)).unwrap().recs();
     assert_eq!(
         by_age
             .iter()
@@ -979,8 +1030,8 @@ fn a_commit_line_without_a_table_is_telemetry() {
     let dev = DeviceId::checked("s", "l", "d").unwrap();
     writer
         .append(&batch(&dev, "x", 0, T0, 3, 1000), Instant::now())
-        .unwrap();
-    assert_eq!(writer.flush().unwrap()[0].n, 6);
+        .unwrap().recs();
+    assert_eq!(writer.flush().unwrap().recs()[0].n, 6);
 }
 
 fn parts_strategy() -> impl Strategy<Value = TelemetryBatch> {
@@ -1053,9 +1104,9 @@ proptest! {
         let mut writer = LakeWriter::open(opts).unwrap();
         let mut records = Vec::new();
         for b in &batches {
-            records.extend(writer.append(b, Instant::now()).unwrap());
+            records.extend(writer.append(b, Instant::now()).unwrap().recs());
         }
-        records.extend(writer.flush().unwrap());
+        records.extend(writer.flush().unwrap().recs());
         prop_assert_eq!(&read_commits(writer.commit_log_path()).unwrap(), &records);
 
         let mut want = batches.iter().flat_map(expected_inference).collect::<Vec<_>>();
