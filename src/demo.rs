@@ -201,9 +201,13 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         config.validate().context("invalid demo settings")?;
     }
     prepare_lake(&args.lake, args.keep_lake)?;
-    let broker = match &args.broker {
-        Some(url) => url.clone(),
-        None => loopline_common::embedded_broker::start_on_free_port()?,
+    // Agents speak MQTT 3.1.1 and ingest MQTT 5: one port on a real broker, two on rumqttd.
+    let (broker, ingest_broker) = match &args.broker {
+        Some(url) => (url.clone(), url.clone()),
+        None => {
+            let listeners = loopline_common::embedded_broker::start_on_free_ports()?;
+            (listeners.v4, listeners.v5)
+        }
     };
     let commits_before = commit_records(&args.lake)?.len();
     let all_commits_before =
@@ -231,7 +235,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     // no subscriber and be dropped by the broker.
     let ingest_stats = Arc::new(IngestStats::default());
     let ingest_token = CancellationToken::new();
-    ingest_config.broker = broker.clone();
+    ingest_config.broker = ingest_broker;
     let ingest = tokio::spawn(loopline_ingest::run(
         ingest_config,
         ingest_token.clone(),

@@ -23,9 +23,13 @@ enum Command {
     Demo(Box<DemoArgs>),
     /// Run the embedded MQTT broker (for machines without Mosquitto).
     Broker {
-        /// Address to listen on.
+        /// Address to listen on (MQTT 3.1.1, what agents speak).
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: SocketAddr,
+        /// Also listen for MQTT 5 (what ingest speaks) on this address; rumqttd serves each
+        /// protocol on its own port.
+        #[arg(long)]
+        listen_v5: Option<SocketAddr>,
     },
 }
 
@@ -33,7 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => run_demo(*args),
-        Command::Broker { listen } => run_broker(listen),
+        Command::Broker { listen, listen_v5 } => run_broker(listen, listen_v5),
     };
     match result {
         Ok(code) => code,
@@ -67,12 +71,19 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run_broker(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+fn run_broker(listen: SocketAddr, listen_v5: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     logging::init(Default::default(), "info,rumqttd=warn")?;
     runtime()?.block_on(async {
         let token = CancellationToken::new();
         shutdown::cancel_on_signal(token.clone());
-        let url = loopline_common::embedded_broker::start(listen)?;
+        let url = match listen_v5 {
+            Some(v5) => {
+                let listeners = loopline_common::embedded_broker::start_with_v5(listen, v5)?;
+                tracing::info!(v5 = %listeners.v5, "embedded broker listening for MQTT 5");
+                listeners.v4
+            }
+            None => loopline_common::embedded_broker::start(listen)?,
+        };
         tracing::info!(%url, "embedded broker listening");
         // Tests and scripts wait for this line.
         println!("listening on {url}");

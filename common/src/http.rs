@@ -154,10 +154,16 @@ mod tests {
                 .await
                 .unwrap();
             let (status, body) = get(addr, "/metrics").await.unwrap();
-            assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "loopline_test_total 7\n"));
+            assert_eq!(
+                (status.as_str(), body.as_str()),
+                ("HTTP/1.1 200 OK", "loopline_test_total 7\n")
+            );
             let (status, body) = get(addr, "/healthz").await.unwrap();
             if healthy {
-                assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
+                assert_eq!(
+                    (status.as_str(), body.as_str()),
+                    ("HTTP/1.1 200 OK", "ok\n")
+                );
             } else {
                 assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
                 assert_eq!(body, "not subscribed\n");

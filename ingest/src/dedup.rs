@@ -320,14 +320,7 @@ impl Dedup {
             }
             self.ranges_forgotten += entry.seqs.forget_oldest(self.limits.max_ranges) as u64;
             for &(seq, hours) in &s.split {
-                self.commit_part(
-                    table,
-                    &source,
-                    seq,
-                    hours,
-                    hour,
-                    record.committed_at_us,
-                );
+                self.commit_part(table, &source, seq, hours, hour, record.committed_at_us);
             }
         }
         self.newest_commit_us = self.newest_commit_us.max(record.committed_at_us);

@@ -22,7 +22,9 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::{ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use crate::table::{Interner, RowBuffer, TsRange, dict_type, sorted_order, take, timestamps, ts_type};
+use crate::table::{
+    Interner, RowBuffer, TsRange, dict_type, sorted_order, take, timestamps, ts_type,
+};
 
 /// Name of the table's folder under the lake root.
 pub const TABLE: &str = "quarantine";

@@ -91,11 +91,10 @@ pub async fn run(
     stats: Arc<IngestStats>,
 ) -> Result<IngestReport> {
     config.validate()?;
-    let mut options = config.broker.mqtt5_options_tls(
-        &config.client_id(),
-        config.keep_alive,
-        &config.tls(),
-    )?;
+    let mut options =
+        config
+            .broker
+            .mqtt5_options_tls(&config.client_id(), config.keep_alive, &config.tls())?;
     let window = config.max_unacked.get();
     options
         .set_clean_start(false)
@@ -554,8 +553,7 @@ fn handle(
     let now = Instant::now();
     match validate::check(&message.topic, &message.payload, limits) {
         Ok(accepted) => {
-            let mut appended =
-                tokio::task::block_in_place(|| writer.append(&accepted.batch, now))?;
+            let mut appended = tokio::task::block_in_place(|| writer.append(&accepted.batch, now))?;
             stats.duplicates(appended.is_duplicate(), appended.duplicate_parts);
             if appended.is_duplicate() {
                 tracing::debug!(topic = %message.topic, "duplicate message: its rows are already in the lake or buffered");
@@ -579,7 +577,10 @@ fn handle(
                 if !detail.is_empty() {
                     detail.push_str("; ");
                 }
-                detail.push_str(&format!("{} {} rows: {}", part.rows, part.table, part.detail));
+                detail.push_str(&format!(
+                    "{} {} rows: {}",
+                    part.rows, part.table, part.detail
+                ));
             }
             let row = QuarantineRow {
                 received_at_us,

@@ -84,25 +84,101 @@ impl Default for IngestStats {
         // 1 ms .. ~65 s: a commit is milliseconds, an acknowledgement waits up to roll_age.
         let seconds = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
         IngestStats {
-            messages_received: register!(Counter::default(), name::MESSAGES_RECEIVED, "MQTT messages received on the telemetry subscription."),
-            messages_accepted: register!(Counter::default(), name::MESSAGES_ACCEPTED, "Messages that passed every check."),
-            samples_accepted: register!(Counter::default(), name::SAMPLES_ACCEPTED, "Samples of accepted messages."),
-            messages_acked: register!(Counter::default(), name::MESSAGES_ACKED, "Messages acknowledged to the broker, each after its rows were committed."),
-            quarantined: register!(Counters::default(), name::QUARANTINED, "Messages put in the quarantine table, by reason."),
-            duplicates: register!(Counter::default(), name::DUPLICATES, "Messages whose every row the lake already held or buffered (redeliveries)."),
-            duplicate_parts: register!(Counter::default(), name::DUPLICATE_PARTS, "Parts (a message's rows of one table and hour) skipped as duplicates."),
-            rows: register!(Counters::default(), name::ROWS, "Rows committed to the lake, by table."),
-            files: register!(Counters::default(), name::FILES, "Parquet files committed, by table."),
-            bytes: register!(Counters::default(), name::BYTES, "Bytes of Parquet files committed, by table."),
-            rows_dropped: register!(Counters::default(), name::ROWS_DROPPED, "Out-of-range rows left out of accepted messages, by table (the message is in quarantine)."),
-            reconnects: register!(Counter::default(), name::RECONNECTS, "Broker connections lost."),
-            ack_lag: register!(seconds(), name::ACK_LAG, "Time from receiving a message to acknowledging it."),
-            commit_latency: register!(seconds(), name::COMMIT_LATENCY, "Time to write, fsync, rename and log one file."),
-            unacked: register!(Gauge::default(), name::UNACKED, "Messages received and waiting for their files' commit."),
-            buffered_rows: register!(Gauge::default(), name::BUFFERED_ROWS, "Rows buffered, not yet in any file."),
-            buffered_bytes: register!(Gauge::default(), name::BUFFERED_BYTES, "Memory taken by buffered rows."),
-            dedup_sources: register!(Gauge::default(), name::DEDUP_SOURCES, "Device boots and tables the de-duplication state tracks."),
-            subscribed: register!(Gauge::default(), name::SUBSCRIBED, "1 while the broker has granted the telemetry subscription."),
+            messages_received: register!(
+                Counter::default(),
+                name::MESSAGES_RECEIVED,
+                "MQTT messages received on the telemetry subscription."
+            ),
+            messages_accepted: register!(
+                Counter::default(),
+                name::MESSAGES_ACCEPTED,
+                "Messages that passed every check."
+            ),
+            samples_accepted: register!(
+                Counter::default(),
+                name::SAMPLES_ACCEPTED,
+                "Samples of accepted messages."
+            ),
+            messages_acked: register!(
+                Counter::default(),
+                name::MESSAGES_ACKED,
+                "Messages acknowledged to the broker, each after its rows were committed."
+            ),
+            quarantined: register!(
+                Counters::default(),
+                name::QUARANTINED,
+                "Messages put in the quarantine table, by reason."
+            ),
+            duplicates: register!(
+                Counter::default(),
+                name::DUPLICATES,
+                "Messages whose every row the lake already held or buffered (redeliveries)."
+            ),
+            duplicate_parts: register!(
+                Counter::default(),
+                name::DUPLICATE_PARTS,
+                "Parts (a message's rows of one table and hour) skipped as duplicates."
+            ),
+            rows: register!(
+                Counters::default(),
+                name::ROWS,
+                "Rows committed to the lake, by table."
+            ),
+            files: register!(
+                Counters::default(),
+                name::FILES,
+                "Parquet files committed, by table."
+            ),
+            bytes: register!(
+                Counters::default(),
+                name::BYTES,
+                "Bytes of Parquet files committed, by table."
+            ),
+            rows_dropped: register!(
+                Counters::default(),
+                name::ROWS_DROPPED,
+                "Out-of-range rows left out of accepted messages, by table (the message is in quarantine)."
+            ),
+            reconnects: register!(
+                Counter::default(),
+                name::RECONNECTS,
+                "Broker connections lost."
+            ),
+            ack_lag: register!(
+                seconds(),
+                name::ACK_LAG,
+                "Time from receiving a message to acknowledging it."
+            ),
+            commit_latency: register!(
+                seconds(),
+                name::COMMIT_LATENCY,
+                "Time to write, fsync, rename and log one file."
+            ),
+            unacked: register!(
+                Gauge::default(),
+                name::UNACKED,
+                "Messages received and waiting for their files' commit."
+            ),
+            buffered_rows: register!(
+                Gauge::default(),
+                name::BUFFERED_ROWS,
+                "Rows buffered, not yet in any file."
+            ),
+            buffered_bytes: register!(
+                Gauge::default(),
+                name::BUFFERED_BYTES,
+                "Memory taken by buffered rows."
+            ),
+            dedup_sources: register!(
+                Gauge::default(),
+                name::DEDUP_SOURCES,
+                "Device boots and tables the de-duplication state tracks."
+            ),
+            subscribed: register!(
+                Gauge::default(),
+                name::SUBSCRIBED,
+                "1 while the broker has granted the telemetry subscription."
+            ),
             registry,
         }
     }

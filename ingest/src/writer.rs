@@ -3,9 +3,11 @@
 //!
 //! Invariants this module keeps, for every table alike:
 //! - A file appears under its final name only when it is complete: it is written as
-//!   `.part-<ingest-id>-<n>.parquet.tmp` in its partition folder, fsynced, renamed to
-//!   `part-<ingest-id>-<n>.parquet`, and the folder is fsynced. Readers that glob `*.parquet`
-//!   never see a partial file.
+//!   `<lake>/_loopline/tmp/<ingest-id>/part-<ingest-id>-<n>.parquet.tmp`, fsynced, renamed
+//!   into its partition folder as `part-<ingest-id>-<n>.parquet` (same file system, so the
+//!   rename is atomic), and the folder is fsynced. Readers never see a partial file, not even
+//!   one a crash left behind: those stay in the ingester's temporary folder, which it empties
+//!   when it starts.
 //! - Every committed file is then recorded, one JSON line each with its table, in
 //!   `<lake>/_loopline/commits/<ingest-id>.log`, which is fsynced before the commit is
 //!   reported. `n` counts files over all tables and is taken from that log at start, so file
@@ -60,6 +62,9 @@ use crate::{Error, Result};
 
 /// Where the commit logs live, under the lake root.
 pub const COMMITS_DIR: &str = "_loopline/commits";
+
+/// Where each ingester writes files before renaming them into place, under the lake root.
+pub const TMP_DIR: &str = "_loopline/tmp";
 
 /// Every table the writer fills, in the order of `LakeWriter::tables`.
 pub const TABLES: [&str; 5] = [
@@ -444,6 +449,8 @@ struct Files {
     commit_log: File,
     commit_log_path: PathBuf,
     known_dirs: HashSet<PathBuf>,
+    /// Where files are written before they are renamed into their partition.
+    tmp_dir: PathBuf,
 }
 
 impl Files {
@@ -471,7 +478,7 @@ impl Files {
             create_dir_durable(&dir)?;
             self.known_dirs.insert(dir.clone());
         }
-        let tmp = dir.join(format!(".{name}.tmp"));
+        let tmp = self.tmp_dir.join(format!("{name}.tmp"));
         let path = dir.join(name);
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -547,6 +554,8 @@ impl LakeWriter {
             .map(|r| r.n + 1)
             .max()
             .unwrap_or(0);
+        let tmp_dir = options.lake.join(TMP_DIR).join(&options.ingest_id);
+        clear_tmp_dir(&tmp_dir)?;
         let mut dedup = Dedup::new(options.dedup);
         for log in commit_logs(&options.lake)? {
             for record in read_commits(&log)? {
@@ -581,6 +590,7 @@ impl LakeWriter {
                 commit_log,
                 commit_log_path,
                 known_dirs: HashSet::new(),
+                tmp_dir,
             },
             options,
             dedup,
@@ -690,7 +700,9 @@ impl LakeWriter {
         let max_payload = self.options.quarantine_max_payload_bytes;
         let table = &mut self.quarantine;
         let partition = table.partition(&key, now, &mut self.ids);
-        partition.rows.push(&self.options.ingest_id, row, max_payload);
+        partition
+            .rows
+            .push(&self.options.ingest_id, row, max_payload);
         let mut appended = Appended {
             buffers: vec![partition.id],
             new_parts: 1,
@@ -795,6 +807,27 @@ impl LakeWriter {
             .min()
             .map(|at| at + self.options.roll_age)
     }
+}
+
+/// Creates the ingester's temporary folder, or empties it of what a crash left there (files
+/// never renamed into the lake, so never part of it).
+fn clear_tmp_dir(dir: &Path) -> Result<()> {
+    create_dir_durable(dir)?;
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    };
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        fs::remove_file(&path).map_err(io(&path))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), files = removed, "removed unfinished files an earlier run left behind");
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Every commit log in the lake (one per ingester that ever wrote to it), sorted by path.

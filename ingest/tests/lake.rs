@@ -8,16 +8,15 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use loopline_ingest::dedup::DedupLimits;
 use loopline_ingest::device_health::{self, DeviceHealthRow};
 use loopline_ingest::inference::{self, InferenceRow};
-use loopline_ingest::sim_labels::{self, SimLabelRow};
-use loopline_ingest::dedup::DedupLimits;
 use loopline_ingest::quarantine::QuarantineRow;
+use loopline_ingest::sim_labels::{self, SimLabelRow};
 use loopline_ingest::telemetry::read_file as read_rows;
 use loopline_ingest::writer::{
-    Appended, Committed,
-    CommitRecord, LakeWriter, TABLES, WriterOptions, read_commit_log, read_commits,
-    read_table_commits,
+    Appended, CommitRecord, Committed, LakeWriter, TABLES, WriterOptions, read_commit_log,
+    read_commits, read_table_commits,
 };
 use loopline_proto::pack::ChannelBuilder;
 use loopline_proto::v1::{
@@ -265,19 +264,22 @@ fn rolls_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .append(&batch(&a, "x", 0, T0, 100, 1000), t)
-            .unwrap().recs()
+            .unwrap()
+            .recs()
             .is_empty()
     );
     assert!(
         writer
             .append(&batch(&a, "x", 1, T0 + 100_000, 100, 1000), t)
-            .unwrap().recs()
+            .unwrap()
+            .recs()
             .is_empty()
     );
     // Third batch brings line a to 600 rows >= 500: rolled by rows.
     let by_rows = writer
         .append(&batch(&a, "x", 2, T0 + 200_000, 100, 1000), t)
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     assert_eq!(
         by_rows.iter().map(|r| r.rows).collect::<Vec<_>>(),
         vec![600]
@@ -286,16 +288,22 @@ fn rolls_by_rows_by_age_and_by_memory() {
 
     // Line b's 400 rows and line a's 400 rows: 800 > 700, the largest (a tie broken either
     // way) is committed early.
-    writer.append(&batch(&b, "x", 0, T0, 100, 1000), t).unwrap().recs();
+    writer
+        .append(&batch(&b, "x", 0, T0, 100, 1000), t)
+        .unwrap()
+        .recs();
     writer
         .append(&batch(&b, "x", 1, T0 + 100_000, 100, 1000), t)
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     writer
         .append(&batch(&a, "x", 3, T0 + 300_000, 100, 1000), t)
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     let by_memory = writer
         .append(&batch(&a, "x", 4, T0 + 400_000, 100, 1000), t)
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     assert_eq!(by_memory.len(), 1);
     assert_eq!(by_memory[0].rows, 400);
     assert_eq!(writer.buffered_rows(), 400);
@@ -304,7 +312,8 @@ fn rolls_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .roll_due(t + Duration::from_secs(9))
-            .unwrap().recs()
+            .unwrap()
+            .recs()
             .is_empty()
     );
     assert_eq!(writer.next_roll(), Some(t + Duration::from_secs(10)));
@@ -326,7 +335,8 @@ fn file_numbers_continue_after_reopen_and_a_torn_log_line() {
     let mut writer = LakeWriter::open(options(dir.path())).unwrap();
     writer
         .append(&batch(&dev, "x", 0, T0, 10, 1000), t)
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     let first = writer.flush().unwrap().recs();
     let log_path = writer.commit_log_path().to_owned();
     drop(writer);
@@ -340,7 +350,8 @@ fn file_numbers_continue_after_reopen_and_a_torn_log_line() {
     let mut writer = LakeWriter::open(options(dir.path())).unwrap();
     writer
         .append(&batch(&dev, "x", 1, T0, 10, 1000), t)
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     let second = writer.flush().unwrap().recs();
     assert_eq!(first[0].n, 0);
     assert_eq!(second[0].n, 1);
@@ -370,13 +381,99 @@ fn no_temporary_files_remain() {
     let dev = DeviceId::checked("s", "l", "d").unwrap();
     writer
         .append(&batch(&dev, "x", 0, T0, 50, 1000), Instant::now())
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     writer.flush().unwrap().recs();
     for path in parquet_files(dir.path()) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
             !name.starts_with('.') && !name.ends_with(".tmp"),
             "{name} left behind"
+        );
+    }
+    // What a crash leaves in the temporary folder is never in the lake, and the next start
+    // clears it.
+    drop(writer);
+    let tmp = dir.path().join("_loopline/tmp/test-1");
+    std::fs::write(tmp.join("part-test-1-00000009.parquet.tmp"), b"half a file").unwrap();
+    let _writer = LakeWriter::open(options(dir.path())).unwrap();
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+/// Redeliveries add no rows: while the first copy is buffered, after it is committed, and
+/// after a restart that rebuilt the state from the commit log, including a crash that left
+/// one table's part committed and another's not.
+#[test]
+fn duplicates_add_no_rows_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DeviceId::checked("s", "l", "d").unwrap();
+    let first = batch_with_parts(&dev, "boot-a", 0, T0, 20, 3);
+    let second = batch_with_parts(&dev, "boot-a", 1, T0 + 1_000_000, 20, 3);
+    let mut writer = LakeWriter::open(options(dir.path())).unwrap();
+    let a = writer.append(&first, Instant::now()).unwrap();
+    assert_eq!((a.new_parts, a.duplicate_parts), (TABLES.len() - 1, 0));
+    let again = writer.append(&first, Instant::now()).unwrap();
+    assert!(again.is_duplicate());
+    // The copy waits for the same buffers as the first.
+    let mut want = a.buffers.clone();
+    want.sort_unstable();
+    let mut got = again.buffers.clone();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    let committed = writer.flush().unwrap().recs();
+    let telemetry_rows: u64 = committed
+        .iter()
+        .filter(|r| r.table == "telemetry")
+        .map(|r| r.rows)
+        .sum();
+    let samples = (first.channels.len() * 20) as u64;
+    assert_eq!(
+        telemetry_rows, samples,
+        "one copy of each channel's 20 samples"
+    );
+    let after = writer.append(&first, Instant::now()).unwrap();
+    assert!(after.is_duplicate() && after.buffers.is_empty());
+
+    // Only the second batch's telemetry reaches a file before the "crash".
+    let mut opts = options(dir.path());
+    opts.roll_rows = NonZeroUsize::new(samples as usize).unwrap();
+    drop(writer);
+    let mut writer = LakeWriter::open(opts.clone()).unwrap();
+    let b = writer.append(&second, Instant::now()).unwrap();
+    assert_eq!(b.commits.len(), 1);
+    assert_eq!(b.commits[0].record.table, "telemetry");
+    drop(writer); // the other tables' rows of `second` are lost, and it was never acknowledged
+
+    let mut writer = LakeWriter::open(opts).unwrap();
+    assert!(
+        writer
+            .append(&first, Instant::now())
+            .unwrap()
+            .is_duplicate()
+    );
+    let redelivered = writer.append(&second, Instant::now()).unwrap();
+    assert_eq!(
+        redelivered.duplicate_parts, 1,
+        "telemetry is already in the lake"
+    );
+    assert_eq!(redelivered.new_parts, TABLES.len() - 2);
+    writer.flush().unwrap();
+    let records = read_commits(&dir.path().join("_loopline/commits/test-1.log")).unwrap();
+    for table in ["telemetry", "inference", "device_health", "sim_labels"] {
+        let seqs: Vec<u64> = records
+            .iter()
+            .filter(|r| r.table == table)
+            .flat_map(|r| {
+                r.sources
+                    .iter()
+                    .flat_map(|s| s.seqs.iter().flat_map(|&(lo, hi)| lo..=hi))
+            })
+            .collect();
+        assert_eq!(seqs.len(), 2, "{table}: {seqs:?}");
+        assert_eq!(
+            seqs.iter().collect::<std::collections::BTreeSet<_>>().len(),
+            2,
+            "{table}"
         );
     }
 }
@@ -843,10 +940,15 @@ fn every_table_is_encoded_for_every_reader() {
     let quarantined: Vec<_> = records.iter().filter(|r| r.table == "quarantine").collect();
     assert_eq!(quarantined.len(), 1);
     assert!(quarantined[0].sources.is_empty());
-    let rows = loopline_ingest::quarantine::read_file(&dir.path().join(&quarantined[0].path)).unwrap();
+    let rows =
+        loopline_ingest::quarantine::read_file(&dir.path().join(&quarantined[0].path)).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(
-        (rows[0].reason.as_str(), rows[0].payload.as_slice(), rows[0].payload_bytes),
+        (
+            rows[0].reason.as_str(),
+            rows[0].payload.as_slice(),
+            rows[0].payload_bytes
+        ),
         ("undecodable", &b"\xff\xfe"[..], 2)
     );
     assert_eq!(rows[0].ingest_id, "test-1");
@@ -909,11 +1011,12 @@ fn every_table_is_encoded_for_every_reader() {
                 schema.column(i).name()
             );
         }
-        let want_ts = if ["telemetry", "device_health", "quarantine"].contains(&record.table.as_str()) {
-            1
-        } else {
-            2
-        };
+        let want_ts =
+            if ["telemetry", "device_health", "quarantine"].contains(&record.table.as_str()) {
+                1
+            } else {
+                2
+            };
         assert_eq!(timestamps, want_ts, "{}", record.path);
     }
 }
@@ -935,7 +1038,13 @@ fn other_tables_roll_by_rows_by_age_and_by_memory() {
         b.sim_labels.clear();
         b
     };
-    assert!(writer.append(&parts(0, T0, 3), t).unwrap().recs().is_empty());
+    assert!(
+        writer
+            .append(&parts(0, T0, 3), t)
+            .unwrap()
+            .recs()
+            .is_empty()
+    );
     assert_eq!(writer.buffered_rows(), 4);
     // 6 results >= 5: the inference partition rolls by rows; health (2) waits.
     let by_rows = writer.append(&parts(1, T0 + 100_000, 3), t).unwrap().recs();
@@ -952,7 +1061,8 @@ fn other_tables_roll_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .append(&parts(2, T0 + 200_000, 2), t)
-            .unwrap().recs()
+            .unwrap()
+            .recs()
             .is_empty()
     );
     let by_memory = writer.append(&parts(3, T0 + 300_000, 1), t).unwrap().recs();
@@ -968,7 +1078,8 @@ fn other_tables_roll_by_rows_by_age_and_by_memory() {
     assert!(
         writer
             .roll_due(t + Duration::from_secs(9))
-            .unwrap().recs()
+            .unwrap()
+            .recs()
             .is_empty()
     );
     assert_eq!(writer.next_roll(), Some(t + Duration::from_secs(10)));
@@ -1030,7 +1141,8 @@ fn a_commit_line_without_a_table_is_telemetry() {
     let dev = DeviceId::checked("s", "l", "d").unwrap();
     writer
         .append(&batch(&dev, "x", 0, T0, 3, 1000), Instant::now())
-        .unwrap().recs();
+        .unwrap()
+        .recs();
     assert_eq!(writer.flush().unwrap().recs()[0].n, 6);
 }
 

@@ -189,7 +189,10 @@ impl Drop for Proc {
 /// Mosquitto so that a missing install fails instead of silently falling back.
 #[derive(Debug)]
 pub struct Broker {
+    /// What agents connect to (MQTT 3.1.1).
     pub url: String,
+    /// What ingest connects to (MQTT 5): the same port on Mosquitto, another on rumqttd.
+    pub ingest_url: String,
     pub port: u16,
     _proc: Proc,
 }
@@ -216,6 +219,7 @@ impl Broker {
             other => panic!("LOOPLINE_TEST_BROKER={other:?}: expected mosquitto or embedded"),
         };
         let port = free_port();
+        let mut ingest_port = port;
         let (kind, proc) = if use_mosquitto {
             let conf = logs.join("mosquitto.conf");
             std::fs::write(
@@ -235,8 +239,15 @@ impl Broker {
             cmd.arg("-c").arg(&conf);
             ("mosquitto", Proc::spawn("mosquitto", cmd, logs))
         } else {
+            ingest_port = free_port();
             let mut cmd = Command::new(bin("loopline", "loopline"));
-            cmd.args(["broker", "--listen", &format!("127.0.0.1:{port}")]);
+            cmd.args([
+                "broker",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--listen-v5",
+                &format!("127.0.0.1:{ingest_port}"),
+            ]);
             ("embedded rumqttd", Proc::spawn("broker", cmd, logs))
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -247,6 +258,7 @@ impl Broker {
         announce(&format!("e2e broker: {kind} on 127.0.0.1:{port}"));
         Broker {
             url: format!("mqtt://127.0.0.1:{port}"),
+            ingest_url: format!("mqtt://127.0.0.1:{ingest_port}"),
             port,
             _proc: proc,
         }

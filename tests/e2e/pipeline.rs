@@ -16,7 +16,7 @@ use crate::harness::{Broker, Proc, bin, lake_rows, parquet_files};
 pub fn start_ingest(broker: &Broker, lake: &Path, logs: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(bin("loopline-ingest", "loopline-ingest"));
     cmd.arg("--broker")
-        .arg(&broker.url)
+        .arg(&broker.ingest_url)
         .arg("--lake")
         .arg(lake)
         .args([
