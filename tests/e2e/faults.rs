@@ -23,5 +23,8 @@ fn a_lake_that_cannot_be_written_stops_ingest_with_a_clear_error() {
     let stderr = ingest.stderr();
     assert!(stderr.contains("site=plant-e2e"), "{stderr}");
     assert!(stderr.contains("ingest failed"), "{stderr}");
-    assert!(stderr.contains("buffered rows are lost"), "{stderr}");
+    assert!(
+        stderr.contains("nothing unwritten was acknowledged"),
+        "{stderr}"
+    );
 }

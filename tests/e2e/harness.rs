@@ -155,6 +155,12 @@ impl Proc {
         }
     }
 
+    /// Sends SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM, as systemd and Docker do.
     pub fn terminate(&self) {
         let status = Command::new("kill")
@@ -189,16 +195,52 @@ impl Drop for Proc {
 /// Mosquitto so that a missing install fails instead of silently falling back.
 #[derive(Debug)]
 pub struct Broker {
+    /// Mosquitto's config file, when it is Mosquitto (for a restart).
+    mosquitto_conf: Option<PathBuf>,
+    logs: PathBuf,
     /// What agents connect to (MQTT 3.1.1).
     pub url: String,
     /// What ingest connects to (MQTT 5): the same port on Mosquitto, another on rumqttd.
     pub ingest_url: String,
     pub port: u16,
-    _proc: Proc,
+    proc: Proc,
 }
 
 impl Broker {
     pub fn start(logs: &Path) -> Broker {
+        Broker::launch(logs, false)
+    }
+
+    /// Mosquitto with persistence on (its state saved at SIGTERM and loaded at start), so a
+    /// restart keeps sessions and queued messages. `None`, said aloud, when only the
+    /// embedded broker is available: these tests need the real thing.
+    pub fn start_persistent(logs: &Path) -> Option<Broker> {
+        let broker = Broker::launch(logs, true);
+        if broker.mosquitto_conf.is_none() {
+            announce(
+                "e2e: this test needs Mosquitto (persistent sessions across restarts); not run with the embedded broker",
+            );
+            return None;
+        }
+        Some(broker)
+    }
+
+    /// Stops Mosquitto with SIGTERM (it saves its state) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        let conf = self
+            .mosquitto_conf
+            .clone()
+            .expect("restart needs Mosquitto");
+        self.proc.terminate();
+        let status = self.proc.wait(Duration::from_secs(20));
+        assert!(status.success(), "mosquitto exited with {status}");
+        let mut cmd = Command::new("mosquitto");
+        cmd.arg("-c").arg(&conf);
+        self.proc = Proc::spawn("mosquitto-restarted", cmd, &self.logs);
+        wait_for_port(self.port, "mosquitto (restarted)");
+    }
+
+    fn launch(logs: &Path, persistent: bool) -> Broker {
         let wanted = std::env::var("LOOPLINE_TEST_BROKER").unwrap_or_default();
         let have_mosquitto = Command::new("mosquitto")
             .arg("-h")
@@ -220,14 +262,30 @@ impl Broker {
         };
         let port = free_port();
         let mut ingest_port = port;
+        let mut mosquitto_conf = None;
         let (kind, proc) = if use_mosquitto {
             let conf = logs.join("mosquitto.conf");
+            let persistence = if persistent {
+                // Mosquitto started as root drops to its own user, which must write here.
+                let dir = logs.join("mosquitto-db");
+                std::fs::create_dir_all(&dir).expect("mosquitto persistence folder");
+                use std::os::unix::fs::PermissionsExt;
+                for d in [logs, dir.as_path()] {
+                    let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777));
+                }
+                format!(
+                    "persistence true\npersistence_location {}/\nautosave_interval 3600\n",
+                    dir.display()
+                )
+            } else {
+                "persistence false\n".to_owned()
+            };
             std::fs::write(
                 &conf,
                 format!(
                     "listener {port} 127.0.0.1\n\
                      allow_anonymous true\n\
-                     persistence false\n\
+                     {persistence}\
                      max_queued_messages 1000000\n\
                      log_dest stderr\n\
                      log_type error\n\
@@ -237,6 +295,7 @@ impl Broker {
             .expect("mosquitto.conf");
             let mut cmd = Command::new("mosquitto");
             cmd.arg("-c").arg(&conf);
+            mosquitto_conf = Some(conf);
             ("mosquitto", Proc::spawn("mosquitto", cmd, logs))
         } else {
             ingest_port = free_port();
@@ -250,17 +309,15 @@ impl Broker {
             ]);
             ("embedded rumqttd", Proc::spawn("broker", cmd, logs))
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "{kind} did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_port(port, kind);
         announce(&format!("e2e broker: {kind} on 127.0.0.1:{port}"));
         Broker {
+            mosquitto_conf,
+            logs: logs.to_owned(),
             url: format!("mqtt://127.0.0.1:{port}"),
             ingest_url: format!("mqtt://127.0.0.1:{ingest_port}"),
             port,
-            _proc: proc,
+            proc: proc,
         }
     }
 
@@ -329,6 +386,47 @@ impl Broker {
         }
         let _ = client.disconnect();
     }
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The lake counted by pyarrow, DuckDB and Polars (`tests/interop/count_lake.py`), which
+/// must agree. `None`, said aloud, when the readers are not installed (`bash .ci/setup`
+/// installs them); CI sets `LOOPLINE_REQUIRE_PYTHON_READERS=1`, and then that fails.
+pub fn python_counts(lake: &Path) -> Option<serde_json::Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        assert!(
+            std::env::var("LOOPLINE_REQUIRE_PYTHON_READERS").as_deref() != Ok("1"),
+            "LOOPLINE_REQUIRE_PYTHON_READERS=1 but {} is missing: run bash .ci/setup",
+            python.display()
+        );
+        announce(
+            "e2e: pyarrow/DuckDB/Polars not installed (bash .ci/setup); lake read back in Rust only",
+        );
+        return None;
+    }
+    let output = Command::new(&python)
+        .arg(root.join("tests/interop/count_lake.py"))
+        .arg("--lake")
+        .arg(lake)
+        .output()
+        .expect("running count_lake.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the three readers disagree or failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_str(&stdout).expect("count_lake.py JSON");
+    Some(counts["pyarrow"].clone())
 }
 
 /// A message as the broker delivered it: topic and payload.

@@ -5,6 +5,7 @@
 
 mod config_docs;
 mod demo;
+mod durability;
 mod faults;
 mod harness;
 mod malformed;

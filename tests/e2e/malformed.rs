@@ -111,6 +111,34 @@ fn malformed_payloads_are_counted_and_skipped_while_good_ones_flow() {
         ingest.stderr()
     );
 
+    // Every bad message is in the quarantine table, verbatim, with its reason.
+    let mut quarantined: std::collections::BTreeMap<String, u64> = Default::default();
+    for file in crate::harness::parquet_files(&lake.join("quarantine")) {
+        for row in loopline_ingest::quarantine::read_file(&file).unwrap() {
+            assert_eq!(row.topic, topic);
+            let original = bad.iter().find(|(payload, reason)| {
+                *reason == row.reason && payload.as_slice() == row.payload.as_slice()
+            });
+            assert!(
+                original.is_some(),
+                "{} payload of {} bytes is not one sent",
+                row.reason,
+                row.payload_bytes
+            );
+            assert_eq!(row.payload_bytes as usize, row.payload.len());
+            *quarantined.entry(row.reason).or_default() += 1;
+        }
+    }
+    let want: std::collections::BTreeMap<String, u64> =
+        want.iter().map(|(r, n)| (r.to_string(), *n)).collect();
+    assert_eq!(quarantined, want);
+    if let Some(counts) = crate::harness::python_counts(&lake) {
+        assert_eq!(counts["rows"], samples);
+        for (reason, n) in &want {
+            assert_eq!(counts["quarantine"][reason], *n, "{counts}");
+        }
+    }
+
     // The lake holds exactly the agent's batches and nothing of the bad ones.
     let rows = lake_rows(&lake);
     assert_eq!(rows.len() as u64, samples);

@@ -14,6 +14,23 @@ use crate::harness::{Broker, Proc, bin, lake_rows, parquet_files};
 
 /// Starts `loopline-ingest` on `lake` and waits for its subscription.
 pub fn start_ingest(broker: &Broker, lake: &Path, logs: &Path, extra: &[&str]) -> Proc {
+    start_ingest_as("e2e", broker, lake, logs, extra)
+}
+
+/// Starts `loopline-ingest` with ingest id `id`; its report goes to `ingest-report.json` for
+/// `e2e`, `ingest-<id>-report.json` otherwise.
+pub fn start_ingest_as(
+    id: &str,
+    broker: &Broker,
+    lake: &Path,
+    logs: &Path,
+    extra: &[&str],
+) -> Proc {
+    let report = if id == "e2e" {
+        "ingest-report.json".to_owned()
+    } else {
+        format!("ingest-{id}-report.json")
+    };
     let mut cmd = Command::new(bin("loopline-ingest", "loopline-ingest"));
     cmd.arg("--broker")
         .arg(&broker.ingest_url)
@@ -21,16 +38,21 @@ pub fn start_ingest(broker: &Broker, lake: &Path, logs: &Path, extra: &[&str]) -
         .arg(lake)
         .args([
             "--ingest-id",
-            "e2e",
+            id,
             "--roll-age",
             "300ms",
             "--roll-rows",
             "5000",
         ])
         .arg("--report-file")
-        .arg(logs.join("ingest-report.json"))
+        .arg(logs.join(report))
         .args(extra);
-    let mut ingest = Proc::spawn("ingest", cmd, logs);
+    let name = if id == "e2e" {
+        "ingest".to_owned()
+    } else {
+        format!("ingest-{id}")
+    };
+    let mut ingest = Proc::spawn(&name, cmd, logs);
     ingest.wait_for_log("subscribed", Duration::from_secs(20));
     ingest
 }
@@ -69,6 +91,28 @@ pub fn wait_for_committed_rows(lake: &Path, rows: u64, timeout: Duration) {
         let committed: u64 = read_commit_log(&log)
             .unwrap_or_default()
             .iter()
+            .map(|r| r.rows)
+            .sum();
+        if committed >= rows {
+            assert_eq!(committed, rows, "more rows committed than published");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {committed} of {rows} rows committed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every ingester's commit logs together hold `rows` telemetry rows.
+pub fn wait_for_rows_in_all_logs(lake: &Path, rows: u64, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let committed: u64 = loopline_ingest::writer::commit_logs(lake)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|log| read_commit_log(log).unwrap_or_default())
             .map(|r| r.rows)
             .sum();
         if committed >= rows {
