@@ -6,7 +6,6 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use loopline_common::{CancellationToken, http};
 use tokio::task::JoinHandle;
@@ -144,9 +143,15 @@ mod tests {
         let server = serve(addr, Arc::clone(&stats), stop.clone()).await.unwrap();
         let (status, body) = http::get(addr, "/metrics").await.unwrap();
         assert_eq!(status, "HTTP/1.1 200 OK");
-        assert!(body.contains("loopline_agent_samples_sealed_total 7\n"), "{body}");
+        assert!(
+            body.contains("loopline_agent_samples_sealed_total 7\n"),
+            "{body}"
+        );
         let (status, body) = http::get(addr, "/healthz").await.unwrap();
-        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ok\n"));
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 200 OK", "ok\n")
+        );
         stop.cancel();
         server.await.unwrap();
     }
