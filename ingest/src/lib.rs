@@ -11,13 +11,17 @@
 //!   its schema, the row buffer of one file, and `read_file` to read one back.
 //! - [`writer`]: partitions, rolling, durable file commits and the commit log, once for every
 //!   table.
+//! - [`compact`]: merges the small files of closed partitions and swaps each folder atomically,
+//!   beside live ingesters; [`lock`] is how the two stay out of each other's way.
 //! - [`service`]: the running process: MQTT task, bounded queue, writer task, shutdown.
 //! - [`stats`]: counters shared with whoever watches (progress line, exit report).
 
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod device_health;
 pub mod inference;
+pub mod lock;
 pub mod service;
 pub mod sim_labels;
 pub mod stats;
@@ -58,6 +62,8 @@ pub enum Error {
         line: usize,
         message: String,
     },
+    #[error("compacting {path}: {message}")]
+    Compact { path: PathBuf, message: String },
     #[error("hour {hour} since the epoch cannot be a partition")]
     TimestampOutOfRange { hour: i64 },
     #[error("MQTT: {0}")]

@@ -10,6 +10,8 @@
 //!   `<lake>/_loopline/commits/<ingest-id>.log`, which is fsynced before the commit is
 //!   reported. `n` counts files over all tables and is taken from that log at start, so file
 //!   names never repeat across restarts.
+//! - A commit holds the lake lock ([`crate::lock`]) shared from its `.tmp` to the folder
+//!   fsync, so compaction never swaps a partition folder in the middle of one.
 //! - Memory is bounded: a partition rolls at `roll_rows`, at `roll_age`, and the largest one
 //!   of any table rolls early when all buffers together pass `max_buffered_rows`.
 //!
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
@@ -42,6 +45,7 @@ use loopline_proto::v1::TelemetryBatch;
 
 use crate::device_health::DeviceHealthBuffer;
 use crate::inference::InferenceBuffer;
+use crate::lock::LockFile;
 use crate::sim_labels::SimLabelBuffer;
 use crate::table::{FromBatch, RowBuffer};
 use crate::telemetry::{self, TelemetryBuffer};
@@ -265,6 +269,25 @@ fn properties<B: RowBuffer>(zstd: ZstdLevel) -> WriterProperties {
     builder.build()
 }
 
+/// How `table`'s files are encoded: its schema, writer properties and sort columns, for
+/// rewriting its files (compaction) exactly as ingest writes them. `None` for a table the
+/// writer does not fill.
+pub(crate) fn table_properties(
+    table: &str,
+    zstd: ZstdLevel,
+) -> Option<(SchemaRef, WriterProperties, &'static [&'static str])> {
+    fn of<B: RowBuffer>(zstd: ZstdLevel) -> (SchemaRef, WriterProperties, &'static [&'static str]) {
+        (B::schema(), properties::<B>(zstd), B::SORTED_BY)
+    }
+    match table {
+        TelemetryBuffer::TABLE => Some(of::<TelemetryBuffer>(zstd)),
+        InferenceBuffer::TABLE => Some(of::<InferenceBuffer>(zstd)),
+        DeviceHealthBuffer::TABLE => Some(of::<DeviceHealthBuffer>(zstd)),
+        SimLabelBuffer::TABLE => Some(of::<SimLabelBuffer>(zstd)),
+        _ => None,
+    }
+}
+
 /// The durable side of the lake, shared by every table: file numbers, partition folders and
 /// the commit log.
 #[derive(Debug)]
@@ -275,6 +298,8 @@ struct Files {
     commit_log: File,
     commit_log_path: PathBuf,
     known_dirs: HashSet<PathBuf>,
+    /// Held shared for each commit, so compaction never swaps a folder mid-commit.
+    lake_lock: LockFile,
 }
 
 impl Files {
@@ -293,6 +318,7 @@ impl Files {
         batch: &RecordBatch,
         (min_ts_us, max_ts_us): (i64, i64),
     ) -> Result<CommitRecord> {
+        let shared = self.lake_lock.shared()?;
         let n = self.next_n;
         let dir = self.lake.join(dir_rel);
         if !self.known_dirs.contains(&dir) {
@@ -322,6 +348,7 @@ impl Files {
         drop(file);
         fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&dir)?;
+        drop(shared);
         self.next_n += 1;
         let record = CommitRecord {
             v: 1,
@@ -391,6 +418,7 @@ impl LakeWriter {
                 commit_log,
                 commit_log_path,
                 known_dirs: HashSet::new(),
+                lake_lock: LockFile::lake(&options.lake)?,
             },
             options,
         })
@@ -557,7 +585,7 @@ pub fn read_commits(path: &Path) -> Result<Vec<CommitRecord>> {
 
 /// Creates `dir` and its missing parents, fsyncing each parent so the new entries survive a
 /// power cut.
-fn create_dir_durable(dir: &Path) -> Result<()> {
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut cursor = Some(dir);
     while let Some(d) = cursor {
@@ -579,7 +607,7 @@ fn create_dir_durable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| Error::Io {
