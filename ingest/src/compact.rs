@@ -115,6 +115,12 @@ impl CompactOptions {
                 message: format!("{} is too small; write e.g. 128MiB", self.target_file_bytes),
             });
         }
+        if !(1..=22).contains(&self.zstd_level) {
+            return Err(Error::Config {
+                key: "zstd_level",
+                message: format!("{} is not a zstd level; use 1..=22", self.zstd_level),
+            });
+        }
         ZstdLevel::try_new(self.zstd_level).map_err(|e| Error::Config {
             key: "zstd_level",
             message: e.to_string(),
@@ -264,10 +270,12 @@ pub fn live_files(lake: &Path) -> Result<Vec<LiveFile>> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(Error::Io {
-            path: commits,
-            source,
-        }),
+        Err(source) => {
+            return Err(Error::Io {
+                path: commits,
+                source,
+            });
+        }
     }
     logs.sort();
     for log in logs {
@@ -434,7 +442,11 @@ pub(crate) fn run(
             report.partitions_compacted += 1;
             report.files_before += plan.merged().count() + plan.kept.len();
             report.files_after += written + plan.kept.len();
-            report.bytes_before += plan.merged().chain(&plan.kept).map(|f| f.bytes).sum::<u64>();
+            report.bytes_before += plan
+                .merged()
+                .chain(&plan.kept)
+                .map(|f| f.bytes)
+                .sum::<u64>();
             if !options.dry_run {
                 let kept: u64 = plan.kept.iter().map(|f| f.bytes).sum();
                 let written: u64 = outcome.written.iter().map(|f| f.bytes).sum();
@@ -689,18 +701,9 @@ impl Job<'_> {
         })
     }
 
-    /// Stages the partition's new folder, swaps it in under the lake lock and records it.
-    /// `None` when the folder changed under the run in a way other than a late commit (the
-    /// partition is then left as it was).
-    fn execute(
-        &self,
-        lake_lock: &LockFile,
-        before_swap: &mut dyn FnMut(&Path) -> Result<()>,
-    ) -> Result<Option<Outcome>> {
-        let live = self.live();
-        let staging = self.staging();
-        let staging_root = self.lake.join(STAGING_DIR);
-        fs::create_dir(&staging).map_err(io(&staging))?;
+    /// Writes the merged files into `staging` and hard-links the files kept as they are;
+    /// returns the files written and their rows.
+    fn stage(&self, live: &Path, staging: &Path) -> Result<(Vec<AddedFile>, u64)> {
         let mut written = Vec::new();
         let mut rows = 0;
         for (i, group) in self.plan.groups.iter().enumerate() {
@@ -722,7 +725,33 @@ impl Job<'_> {
         for name in carried {
             link(&live.join(name), &staging.join(name))?;
         }
-        sync_dir(&staging)?;
+        sync_dir(staging)?;
+        Ok((written, rows))
+    }
+
+    /// Stages the partition's new folder, swaps it in under the lake lock and records it.
+    /// `None` when the folder changed under the run in a way other than a late commit (the
+    /// partition is then left as it was).
+    fn execute(
+        &self,
+        lake_lock: &LockFile,
+        before_swap: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<Option<Outcome>> {
+        let live = self.live();
+        let staging = self.staging();
+        let staging_root = self.lake.join(STAGING_DIR);
+        fs::create_dir(&staging).map_err(io(&staging))?;
+        let (written, rows) = match self.stage(&live, &staging) {
+            Ok(staged) => staged,
+            Err(e) => {
+                // Nothing refers to the staging folder yet; a failed removal is left to the
+                // next run's start.
+                if let Err(rm) = fs::remove_dir_all(&staging) {
+                    tracing::warn!(staging = %staging.display(), error = %rm, "could not remove a staging folder");
+                }
+                return Err(e);
+            }
+        };
         let record = CompactionRecord {
             v: 1,
             run: self.run,
@@ -926,12 +955,11 @@ fn read_conformed(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
             }
             columns.push(column);
         }
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|source| {
-            Error::Arrow {
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
                 path: path.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         batches.push(batch);
     }
     Ok(batches)
@@ -939,10 +967,7 @@ fn read_conformed(path: &Path, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
 
 /// `batch` sorted by `sorted_by`, then by every other column in schema order, so the order is
 /// total and a file's bytes depend only on its rows.
-fn sort(
-    batch: &RecordBatch,
-    sorted_by: &[&str],
-) -> Result<RecordBatch, arrow_schema::ArrowError> {
+fn sort(batch: &RecordBatch, sorted_by: &[&str]) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let schema = batch.schema();
     let mut order: Vec<usize> = sorted_by
         .iter()
@@ -1035,7 +1060,10 @@ fn recover_staging(lake: &Path) -> Result<usize> {
                     fs::rename(&staging, &trash).map_err(io(&trash))?;
                     sync_dir(&lake.join(TRASH_DIR))?;
                 }
-                tracing::warn!(dir = record.dir, "finished the swap of a crashed compaction");
+                tracing::warn!(
+                    dir = record.dir,
+                    "finished the swap of a crashed compaction"
+                );
             }
             _ => {
                 if staging.is_dir() {
@@ -1158,4 +1186,250 @@ fn remove_staged(staging: &Path, intent: &Path) -> Result<()> {
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
     let path = path.to_owned();
     move |source| Error::Io { path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use loopline_proto::pack::ChannelBuilder;
+    use loopline_proto::v1::{DeviceId, Quality, SCHEMA_VERSION, TelemetryBatch};
+
+    use super::*;
+    use crate::writer::{LakeWriter, WriterOptions};
+
+    /// 2026-11-29T10:00:00Z
+    const T0: i64 = 1_795_946_400_000_000;
+
+    fn file(name: &str, bytes: u64) -> FileEntry {
+        FileEntry {
+            name: name.into(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn plan_groups_small_files_up_to_the_target_and_keeps_the_rest() {
+        let files = [
+            file("a", 30),
+            file("b", 30),
+            file("big", 50),
+            file("c", 30),
+            file("d", 45),
+            file("e", 10),
+        ];
+        let grouped = plan(&files, 100).unwrap();
+        assert_eq!(
+            grouped.groups,
+            vec![
+                vec![file("a", 30), file("b", 30), file("c", 30)],
+                vec![file("d", 45), file("e", 10)],
+            ]
+        );
+        assert_eq!(grouped.kept, vec![file("big", 50)]);
+        // A lone small file beside a large one is not worth a rewrite.
+        assert_eq!(plan(&[file("a", 10), file("big", 60)], 100), None);
+        assert_eq!(
+            plan(&[file("a", 49), file("b", 49)], 100).unwrap().kept,
+            vec![]
+        );
+        // A group that would pass the target starts a new one; a group of one is kept.
+        let grouped = plan(&[file("a", 40), file("b", 40), file("c", 40)], 100).unwrap();
+        assert_eq!(grouped.groups, vec![vec![file("a", 40), file("b", 40)]]);
+        assert_eq!(grouped.kept, vec![file("c", 40)]);
+    }
+
+    #[test]
+    fn every_table_has_an_encoding_to_rewrite_it_with() {
+        let zstd = ZstdLevel::try_new(3).unwrap();
+        for table in writer::TABLES {
+            let (schema, _, sorted_by) = writer::table_properties(table, zstd).unwrap();
+            for name in sorted_by {
+                assert!(schema.index_of(name).is_ok(), "{table}.{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn exchange_swaps_two_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::create_dir(&b).unwrap();
+        fs::write(a.join("x"), b"").unwrap();
+        exchange(&a, &b).unwrap();
+        assert!(b.join("x").exists() && !a.join("x").exists());
+        let err = exchange(&a, &dir.path().join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    fn batch(seq: u64, base: i64) -> TelemetryBatch {
+        let mut channel = ChannelBuilder::new("vibration", "x", base);
+        for i in 0..10 {
+            channel.push(base + i * 1000, seq as f32 + i as f32, Quality::Good);
+        }
+        TelemetryBatch {
+            schema_version: SCHEMA_VERSION,
+            device: Some(DeviceId::checked("plant", "l1", "d1").unwrap()),
+            boot_id: "b1".into(),
+            seq,
+            base_ts_us: base,
+            channels: vec![channel.finish()],
+            ..Default::default()
+        }
+    }
+
+    fn writer(lake: &Path) -> LakeWriter {
+        LakeWriter::open(WriterOptions {
+            lake: lake.to_owned(),
+            ingest_id: "ing-1".into(),
+            roll_rows: NonZeroUsize::new(1_000_000).unwrap(),
+            roll_age: Duration::from_secs(3600),
+            max_buffered_rows: NonZeroUsize::new(1_000_000).unwrap(),
+            zstd_level: 3,
+        })
+        .unwrap()
+    }
+
+    fn commit(w: &mut LakeWriter, seq: u64) {
+        w.append(
+            &batch(seq, T0 + seq as i64 * 1000),
+            tokio::time::Instant::now(),
+        )
+        .unwrap();
+        w.flush().unwrap();
+    }
+
+    const PARTITION: &str = "telemetry/site=plant/line=l1/date=2026-11-29/hour=10";
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn rows(dir: &Path) -> Vec<(i64, i64)> {
+        let mut rows: Vec<(i64, i64)> = names(dir)
+            .iter()
+            .flat_map(|n| crate::telemetry::read_file(&dir.join(n)).unwrap())
+            .map(|r| (r.seq, r.ts_us))
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+
+    fn on_disk(lake: &Path) -> Vec<(String, u64)> {
+        let dir = lake.join(PARTITION);
+        names(&dir)
+            .into_iter()
+            .map(|n| {
+                let rows = crate::telemetry::read_file(&dir.join(&n)).unwrap().len();
+                (format!("{PARTITION}/{n}"), rows as u64)
+            })
+            .collect()
+    }
+
+    fn logged(lake: &Path) -> Vec<(String, u64)> {
+        live_files(lake)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.table == "telemetry")
+            .map(|f| (f.path, f.rows))
+            .collect()
+    }
+
+    #[test]
+    fn a_file_committed_during_compaction_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path();
+        let mut w = writer(lake);
+        for seq in 0..3 {
+            commit(&mut w, seq);
+        }
+        let live = lake.join(PARTITION);
+        let before = rows(&live);
+        let now = DateTime::from_timestamp_micros(T0 + 3 * HOUR_US).unwrap();
+        let mut late = Vec::new();
+        let report = run(&CompactOptions::new(lake), now, &mut |dir| {
+            assert_eq!(dir, live);
+            // The ingester commits between the read and the swap.
+            commit(&mut w, 3);
+            late = names(dir);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(report.late_files_kept, 1);
+        assert_eq!(report.files_before, 3);
+        assert_eq!(report.files_after, 1);
+        let after = names(&live);
+        assert_eq!(after.len(), 2, "{after:?}");
+        let late_name = late
+            .iter()
+            .find(|n| n.ends_with("00000003.parquet"))
+            .unwrap();
+        assert!(after.contains(late_name), "{after:?}");
+        let mut expected = before;
+        expected.extend((0..10).map(|i| (3, T0 + 3000 + i * 1000)));
+        expected.sort_unstable();
+        assert_eq!(rows(&live), expected);
+        assert_eq!(logged(lake), on_disk(lake));
+    }
+
+    #[test]
+    fn a_run_that_dies_before_the_swap_leaves_the_partition_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path();
+        let mut w = writer(lake);
+        for seq in 0..3 {
+            commit(&mut w, seq);
+        }
+        let live = lake.join(PARTITION);
+        let before = names(&live);
+        let now = DateTime::from_timestamp_micros(T0 + 3 * HOUR_US).unwrap();
+        let err = run(&CompactOptions::new(lake), now, &mut |_| {
+            Err(Error::Internal("killed".into()))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("killed"));
+        // Staged and recorded, never swapped: the partition is as it was.
+        assert_eq!(names(&live), before);
+        assert_eq!(names(&lake.join(STAGING_DIR)).len(), 2);
+        assert_eq!(logged(lake), on_disk(lake));
+
+        let report = compact(&CompactOptions::new(lake), now).unwrap();
+        assert_eq!(report.staging_cleaned, 1);
+        assert_eq!(report.partitions_compacted, 1);
+        assert!(names(&lake.join(STAGING_DIR)).is_empty());
+        assert_eq!(names(&live).len(), 1);
+        assert_eq!(logged(lake), on_disk(lake));
+    }
+
+    #[test]
+    fn a_torn_log_line_is_cut_before_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("compaction.log");
+        let record = CompactionRecord {
+            v: 1,
+            run: 7,
+            table: "telemetry".into(),
+            dir: "telemetry/x".into(),
+            removed: vec!["telemetry/x/a.parquet".into()],
+            added: vec![],
+            compacted_at_us: 7,
+        };
+        append_log(&path, &record).unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"v\":1,\"ru").unwrap();
+        assert_eq!(read_compaction_log(&path).unwrap().len(), 1);
+        append_log(&path, &CompactionRecord { run: 8, ..record }).unwrap();
+        let runs: Vec<(usize, i64)> = read_compaction_log(&path)
+            .unwrap()
+            .iter()
+            .map(|(line, r)| (*line, r.run))
+            .collect();
+        assert_eq!(runs, vec![(1, 7), (2, 8)]);
+    }
 }

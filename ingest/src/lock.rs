@@ -114,10 +114,16 @@ mod tests {
     fn exclusive_excludes_shared_and_exclusive_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
-        let (a, b) = (LockFile::open(&path).unwrap(), LockFile::open(&path).unwrap());
+        let (a, b) = (
+            LockFile::open(&path).unwrap(),
+            LockFile::open(&path).unwrap(),
+        );
         let guard = a.exclusive().unwrap();
         assert!(b.try_exclusive().unwrap().is_none());
-        assert!(matches!(b.file.try_lock_shared(), Err(TryLockError::WouldBlock)));
+        assert!(matches!(
+            b.file.try_lock_shared(),
+            Err(TryLockError::WouldBlock)
+        ));
         drop(guard);
         let shared = b.shared().unwrap();
         assert!(a.try_exclusive().unwrap().is_none());
