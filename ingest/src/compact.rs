@@ -354,6 +354,12 @@ pub(crate) fn run(
 ) -> Result<CompactReport> {
     let zstd = options.check()?;
     let lake = &options.lake;
+    if !lake.join(COMMITS_DIR).is_dir() {
+        return Err(Error::Compact {
+            path: lake.clone(),
+            message: format!("not a lake: it has no {COMMITS_DIR} folder"),
+        });
+    }
     let now_us = now.timestamp_micros();
     let mut report = CompactReport {
         dry_run: options.dry_run,

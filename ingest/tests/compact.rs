@@ -549,6 +549,16 @@ fn an_unknown_column_or_another_type_is_an_error_naming_file_and_column() {
 }
 
 #[test]
+fn a_folder_that_is_no_lake_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = compact(&options(&dir.path().join("nope")), now_closing_two_hours())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope: not a lake"), "{err}");
+    assert!(!dir.path().join("nope").exists());
+}
+
+#[test]
 fn a_second_run_at_once_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path();
