@@ -25,6 +25,8 @@ use crate::{Error, Result};
 // These comments are `--help` text, where <placeholders> read naturally.
 #[allow(rustdoc::invalid_html_tags)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML config file (keys as in `--print-config`).
     #[arg(long, env = "LOOPLINE_INGEST_CONFIG")]
     pub config: Option<PathBuf>,
@@ -116,6 +118,14 @@ pub struct Cli {
     /// Write a JSON report of this run here at exit.
     #[arg(long, env = "LOOPLINE_INGEST_REPORT_FILE")]
     pub report_file: Option<PathBuf>,
+}
+
+/// What else `loopline-ingest` does besides ingesting.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Merge the small files of closed partitions into target-sized ones, swapping each
+    /// partition folder atomically; safe beside running ingesters. Prints a JSON report.
+    Compact(crate::compact::CompactArgs),
 }
 
 impl Cli {

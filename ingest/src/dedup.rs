@@ -138,7 +138,9 @@ pub struct PartRef {
 
 /// Groups the parts of one file by source, for its commit record.
 pub fn record_sources(parts: &[PartRef]) -> Vec<SourceSeqs> {
-    let mut by_source: HashMap<&Source, (SeqSet, Vec<(u64, u32)>)> = HashMap::new();
+    /// Per source: whole seqs, and split ones with their hour counts.
+    type Grouped = (SeqSet, Vec<(u64, u32)>);
+    let mut by_source: HashMap<&Source, Grouped> = HashMap::new();
     for part in parts {
         let entry = by_source.entry(&part.source).or_default();
         if part.hours <= 1 {

@@ -16,14 +16,18 @@
 //! - [`service`]: the running process: MQTT 5 task with manual acknowledgements, bounded
 //!   queue, writer task, shutdown.
 //! - [`metrics`]: Prometheus `/metrics` and `/healthz`.
+//! - [`compact`]: merges the small files of closed partitions and swaps each folder atomically,
+//!   beside live ingesters; [`lock`] is how the two stay out of each other's way.
 //! - [`stats`]: counters shared with whoever watches (progress line, exit report).
 
 pub mod acks;
 pub mod cli;
+pub mod compact;
 pub mod config;
 pub mod dedup;
 pub mod device_health;
 pub mod inference;
+pub mod lock;
 pub mod metrics;
 pub mod quarantine;
 pub mod service;
@@ -66,6 +70,8 @@ pub enum Error {
         line: usize,
         message: String,
     },
+    #[error("compacting {path}: {message}")]
+    Compact { path: PathBuf, message: String },
     #[error("hour {hour} since the epoch cannot be a partition")]
     TimestampOutOfRange { hour: i64 },
     #[error("MQTT: {0}")]

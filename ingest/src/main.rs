@@ -9,6 +9,15 @@ use loopline_ingest::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(cli::Command::Compact(args)) = &cli.command {
+        return match compact(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loopline-ingest compact: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match cli.config() {
         Ok(config) => config,
         Err(e) => {
@@ -39,6 +48,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn compact(args: &loopline_ingest::compact::CompactArgs) -> anyhow::Result<()> {
+    logging::init(Default::default(), "info")?;
+    let options = args.options().context("invalid compaction settings")?;
+    let report = loopline_ingest::compact::compact(&options, chrono::Utc::now())
+        .with_context(|| format!("compacting {}", options.lake.display()))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 fn serve(config: loopline_ingest::IngestConfig) -> anyhow::Result<()> {

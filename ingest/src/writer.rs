@@ -23,6 +23,9 @@
 //!   only the writer knows which rows are buffered and which are committed. Its state is
 //!   rebuilt at open from every commit log in the lake (each record names the
 //!   `(device, boot_id, seq)` it holds), so a redelivery after a crash adds no row.
+//! - A commit holds the lake lock ([`crate::lock`]) shared from creating the partition folder
+//!   and renaming the file into it to the folder fsync, so compaction never swaps a partition
+//!   folder in the middle of one.
 //!
 //! Tables differ only in their [`RowBuffer`]: partitioning, rolling and committing are written
 //! once, in `TableWriter` and `Files`. Adding a table is a field of [`LakeWriter`] and an
@@ -39,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
@@ -54,6 +58,7 @@ use loopline_proto::v1::TelemetryBatch;
 use crate::dedup::{Dedup, DedupLimits, DedupSize, PartRef, PartState, Source, SourceSeqs};
 use crate::device_health::DeviceHealthBuffer;
 use crate::inference::InferenceBuffer;
+use crate::lock::LockFile;
 use crate::quarantine::{QuarantineBuffer, QuarantineRow};
 use crate::sim_labels::SimLabelBuffer;
 use crate::table::{FromBatch, RowBuffer};
@@ -439,6 +444,26 @@ fn properties<B: RowBuffer>(zstd: ZstdLevel) -> WriterProperties {
     builder.build()
 }
 
+/// How `table`'s files are encoded: its schema, writer properties and sort columns, for
+/// rewriting its files (compaction) exactly as ingest writes them. `None` for a table the
+/// writer does not fill.
+pub(crate) fn table_properties(
+    table: &str,
+    zstd: ZstdLevel,
+) -> Option<(SchemaRef, WriterProperties, &'static [&'static str])> {
+    fn of<B: RowBuffer>(zstd: ZstdLevel) -> (SchemaRef, WriterProperties, &'static [&'static str]) {
+        (B::schema(), properties::<B>(zstd), B::SORTED_BY)
+    }
+    match table {
+        TelemetryBuffer::TABLE => Some(of::<TelemetryBuffer>(zstd)),
+        InferenceBuffer::TABLE => Some(of::<InferenceBuffer>(zstd)),
+        DeviceHealthBuffer::TABLE => Some(of::<DeviceHealthBuffer>(zstd)),
+        SimLabelBuffer::TABLE => Some(of::<SimLabelBuffer>(zstd)),
+        QuarantineBuffer::TABLE => Some(of::<QuarantineBuffer>(zstd)),
+        _ => None,
+    }
+}
+
 /// The durable side of the lake, shared by every table: file numbers, partition folders and
 /// the commit log.
 #[derive(Debug)]
@@ -451,6 +476,8 @@ struct Files {
     known_dirs: HashSet<PathBuf>,
     /// Where files are written before they are renamed into their partition.
     tmp_dir: PathBuf,
+    /// Held shared for each commit, so compaction never swaps a folder mid-commit.
+    lake_lock: LockFile,
 }
 
 impl Files {
@@ -474,10 +501,6 @@ impl Files {
     ) -> Result<CommitRecord> {
         let n = self.next_n;
         let dir = self.lake.join(dir_rel);
-        if !self.known_dirs.contains(&dir) {
-            create_dir_durable(&dir)?;
-            self.known_dirs.insert(dir.clone());
-        }
         let tmp = self.tmp_dir.join(format!("{name}.tmp"));
         let path = dir.join(name);
         let io = |path: &Path| {
@@ -499,8 +522,15 @@ impl Files {
         file.sync_all().map_err(io(&tmp))?;
         let bytes = file.metadata().map_err(io(&tmp))?.len();
         drop(file);
+        // Only the rename into the partition folder needs compaction kept out.
+        let shared = self.lake_lock.shared()?;
+        if !self.known_dirs.contains(&dir) {
+            create_dir_durable(&dir)?;
+            self.known_dirs.insert(dir.clone());
+        }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&dir)?;
+        drop(shared);
         self.next_n += 1;
         let record = CommitRecord {
             v: 2,
@@ -591,6 +621,7 @@ impl LakeWriter {
                 commit_log_path,
                 known_dirs: HashSet::new(),
                 tmp_dir,
+                lake_lock: LockFile::lake(&options.lake)?,
             },
             options,
             dedup,
@@ -910,7 +941,7 @@ pub fn read_commits(path: &Path) -> Result<Vec<CommitRecord>> {
 
 /// Creates `dir` and its missing parents, fsyncing each parent so the new entries survive a
 /// power cut.
-fn create_dir_durable(dir: &Path) -> Result<()> {
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     let mut cursor = Some(dir);
     while let Some(d) = cursor {
@@ -932,7 +963,7 @@ fn create_dir_durable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| Error::Io {

@@ -18,7 +18,8 @@ Each checks, with aggregations in its own engine:
     pyarrow and duckdb also: no ARROW:schema, string columns dictionary-encoded (polars: ARROW:schema);
   - the dataset: those 7 columns plus site/line/date/hour with the explicit types;
   - per file: the site/line/date/hour the reader exposes == the path's; ts inside that hour;
-  - total rows == summary rows_committed; files read == files on disk == files_committed;
+  - total rows == summary rows_committed; files read == files on disk == files_committed (once a
+    compaction rewrote telemetry files: files on disk == the files the logs name, see below);
   - per (site, line, device, boot_id) -- device names are unique only within a site/line:
     rows == samples and distinct seq == first_seq..=last_seq; nothing in the lake that the summary
     lacks; no duplicate (site, line, device, boot_id, seq, sensor, ts);
@@ -36,7 +37,8 @@ when its folder exists:
   <table>/files   same layout; every file's footer has exactly the table's columns, order and
                   types (timestamps us UTC, counters int64, no ARROW:schema); the files on disk
                   are exactly those the commit logs (_loopline/commits/*.log) name for the table,
-                  with the rows each record says;
+                  less the files a compaction removed and plus those it added
+                  (_loopline/compaction.log), with the rows each record says;
   <table>/<reader> each of the three readers, hive partitioning with explicit types: the dataset
                   schema, rows == the footers', no nulls outside the nullable columns
                   (model_version, sensor), per file the hive values == the path's and the partition
@@ -246,11 +248,16 @@ def scan_disk(tele: Path, res: Result) -> Disk:
     return disk
 
 
-def check_disk(disk: Disk, summary: dict, res: Result) -> None:
+def check_disk(disk: Disk, summary: dict, res: Result, live: dict | None = None) -> None:
+    """`live`: the telemetry files the logs name, given once a compaction rewrote telemetry files
+    (the summary's files_committed then counts what ingest wrote, not what is on disk)."""
     res.files, res.rows = len(disk.files), disk.rows
     fc = summary.get("files_committed")
-    if fc != len(disk.files):
+    if live is None and fc != len(disk.files):
         res.problem("files", f"{len(disk.files)} *.parquet files on disk under telemetry/, summary files_committed={fc}")
+    elif live is not None:
+        res.notes.append(f"compacted: {len(disk.files)} *.parquet files on disk, ingest committed {fc}")
+        check_against_logs("telemetry", disk, live, res)
     bad_ids = set()
     for rel in disk.files:
         k = disk.path_keys.get(rel)
@@ -845,22 +852,58 @@ TABLES = {
 }
 
 
-def committed_files(lake: Path) -> dict | None:
-    """table -> {path under the table folder: rows}, from every commit log; None without a log folder.
-    A line without a table is telemetry's."""
+COMPACTION_LOG = Path("_loopline") / "compaction.log"
+
+
+def json_lines(path: Path):
+    """The records of a JSON-lines log; a line that does not parse (a torn last line) is skipped,
+    as ingest skips it."""
+    for line in path.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue
+
+
+def compacted_tables(lake: Path) -> set:
+    """The tables whose files a compaction rewrote (_loopline/compaction.log)."""
+    log = lake / COMPACTION_LOG
+    return {r.get("table") for r in json_lines(log)} if log.is_file() else set()
+
+
+def committed_files(lake: Path, problems: list | None = None) -> dict | None:
+    """table -> {path under the table folder: rows}, the files the logs say are in the lake: every
+    commit log's files, then, in order, less those each compaction removed and plus those it added.
+    None without a commit log folder. A commit line without a table is telemetry's. A compaction
+    that removes a file no log before it names is reported in `problems`."""
     commits = lake / "_loopline" / "commits"
     if not commits.is_dir():
         return None
     out: dict = {}
     for log in sorted(commits.glob("*.log")):
-        for line in log.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a torn last line: ingest ignores it too
+        for r in json_lines(log):
             table = r.get("table", "telemetry")
             out.setdefault(table, {})[r["path"].split("/", 1)[-1]] = r.get("rows")
+    log = lake / COMPACTION_LOG
+    for r in json_lines(log) if log.is_file() else ():
+        files = out.setdefault(r.get("table"), {})
+        for path in r.get("removed", []):
+            if files.pop(path.split("/", 1)[-1], None) is None and problems is not None:
+                problems.append(f"{COMPACTION_LOG}: run {r.get('run')} removes {path}, which no log before it names")
+        for added in r.get("added", []):
+            files[added["path"].split("/", 1)[-1]] = added.get("rows")
     return out
+
+
+def check_against_logs(table: str, disk: Disk, log: dict, res: Result) -> None:
+    """The files on disk are exactly those the logs name, each with the rows its record says."""
+    for rel in sorted(set(disk.files) - set(log)):
+        res.problem("commit", f"{rel} is on disk but in no commit log")
+    for rel in sorted(set(log) - set(disk.files)):
+        res.problem("commit", f"{rel} is in the commit log but not on disk")
+    for rel in sorted(set(log) & set(disk.meta)):
+        if log[rel] != disk.meta[rel].num_rows:
+            res.problem("commit", f"{rel}: {disk.meta[rel].num_rows} rows, its commit says {log[rel]}")
 
 
 def check_table_disk(table: str, spec: TableSpec, disk: Disk, committed: dict | None, res: Result) -> None:
@@ -888,14 +931,7 @@ def check_table_disk(table: str, spec: TableSpec, disk: Disk, committed: dict | 
     if committed is None:
         res.warnings.append(f"no _loopline/commits: {table}/ files not checked against a commit log")
         return
-    log = committed.get(table, {})
-    for rel in sorted(set(disk.files) - set(log)):
-        res.problem("commit", f"{rel} is on disk but in no commit log")
-    for rel in sorted(set(log) - set(disk.files)):
-        res.problem("commit", f"{rel} is in the commit log but not on disk")
-    for rel in sorted(set(log) & set(disk.meta)):
-        if log[rel] != disk.meta[rel].num_rows:
-            res.problem("commit", f"{rel}: {disk.meta[rel].num_rows} rows, its commit says {log[rel]}")
+    check_against_logs(table, disk, committed.get(table, {}), res)
 
 
 def read_table_pyarrow(path: Path, spec: TableSpec, f: Facts) -> str:
@@ -1031,10 +1067,10 @@ def evaluate_table(table: str, spec: TableSpec, f: Facts, summary: dict, disk: D
                         f"{d['first_seq']}..={d['last_seq']}")
 
 
-def run_tables(lake: Path, summary: dict, readers) -> list[Result]:
-    """The tables beside telemetry that the lake has: files and commits, then each reader."""
+def run_tables(lake: Path, summary: dict, readers, committed: dict | None) -> list[Result]:
+    """The tables beside telemetry that the lake has: files and commits, then each reader.
+    `committed`: the files the logs name (`committed_files`)."""
     results = []
-    committed = committed_files(lake)
     for table, spec in TABLES.items():
         path = lake / table
         if not path.is_dir():
@@ -1091,7 +1127,14 @@ def run(lake: Path, summary: dict, readers=READERS, defaults: bool = True) -> li
     fs = Result("filesystem")
     t0 = time.monotonic()
     disk = scan_disk(tele, fs)
-    check_disk(disk, summary, fs)
+    log_problems: list = []
+    committed = committed_files(lake, log_problems)
+    for m in log_problems:
+        fs.problem("commit", m)
+    live = None
+    if "telemetry" in compacted_tables(lake):
+        live = (committed or {}).get("telemetry", {})
+    check_disk(disk, summary, fs, live)
     check_summary(summary, lake, fs)
     fs.seconds = time.monotonic() - t0
     results = [fs]
@@ -1121,7 +1164,7 @@ def run(lake: Path, summary: dict, readers=READERS, defaults: bool = True) -> li
             release_memory()
             res.seconds = time.monotonic() - t0
             results.append(res)
-    results.extend(run_tables(lake, summary, readers))
+    results.extend(run_tables(lake, summary, readers, committed))
     return results
 
 

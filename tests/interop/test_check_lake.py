@@ -298,3 +298,93 @@ def test_table_rows_must_belong_to_summarised_device_boots(lakes, capsys, tmp_pa
     assert rc == 1
     assert any("device plant-b/01/press-1" in ln and "inference seq 0..=7 outside the summary's 0..=6" in ln
                for ln in lines(out, "FAIL", "inference/duckdb")), out
+
+
+# ------------------------------------------------------------- compaction
+def compact_like_loopline(lake: Path, dir_rel: str, run: int, log: bool = True) -> int:
+    """Merges a partition's files into one, as `loopline-ingest compact` does, and records it in
+    _loopline/compaction.log unless `log` is false; returns how many files it merged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = lake / dir_rel
+    old = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+    t = pa.concat_tables([pq.ParquetFile(p).read() for p in old])
+    table = dir_rel.split("/")[0]
+    ts = "start_ts" if table == "sim_labels" else "ts"
+    keys = ["device", "sensor", ts] if table == "telemetry" else ["device", ts]
+    t = t.sort_by([(k, "ascending") for k in keys])
+    name = f"part-compact~{run}-00000000.parquet"
+    pq.write_table(t, folder / name, store_schema=False, compression="zstd",
+                   use_dictionary=[f.name for f in t.schema if pa.types.is_string(f.type)])
+    for p in old:
+        p.unlink()
+    if log:
+        record = {"v": 1, "run": run, "table": table, "dir": dir_rel,
+                  "removed": [p.relative_to(lake).as_posix() for p in old],
+                  "added": [{"path": f"{dir_rel}/{name}", "rows": t.num_rows,
+                             "bytes": (folder / name).stat().st_size}],
+                  "compacted_at_us": run}
+        with open(lake / "_loopline" / "compaction.log", "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return len(old)
+
+
+def first_partition(lake: Path, table: str) -> str:
+    hour = sorted((lake / table).glob("site=*/line=*/date=*/hour=*"))[0]
+    return hour.relative_to(lake).as_posix()
+
+
+@pytest.fixture
+def compacted(lakes, tmp_path):
+    lake0, summary = lakes("good")
+    lake = tmp_path / "lake"
+    shutil.copytree(lake0, lake)
+    merged = compact_like_loopline(lake, first_partition(lake, "telemetry"), 1_800_000_000_000_000)
+    assert merged == 2
+    compact_like_loopline(lake, first_partition(lake, "device_health"), 1_800_000_000_000_001)
+    return lake, summary
+
+
+def check(lake, summary, capsys):
+    rc = check_lake.main(["--lake", str(lake), "--summary", str(summary), "--readers", "duckdb", "--no-defaults"])
+    return rc, capsys.readouterr().out
+
+
+def test_a_compacted_lake_matches_its_logs(compacted, capsys):
+    lake, summary = compacted
+    rc, out = check(lake, summary, capsys)
+    assert rc == 0, out
+    assert "note filesystem: compacted: 11 *.parquet files on disk, ingest committed 12" in out
+    assert table_row(out, "duckdb")[2:4] == [GOOD_ROWS, "11"], out
+    assert table_row(out, "device_health/files")[2:4] == [TABLE_ROWS["device_health"], "6"], out
+
+
+def test_a_compaction_missing_from_the_log_is_caught(compacted, capsys):
+    lake, summary = compacted
+    (lake / "_loopline" / "compaction.log").unlink()
+    rc, out = check(lake, summary, capsys)
+    assert rc == 1, out
+    assert lines(out, "FAIL", "filesystem") == [
+        "FAIL filesystem: 11 *.parquet files on disk under telemetry/, summary files_committed=12"], out
+    fails = lines(out, "FAIL", "device_health/files")
+    assert any("part-compact~1800000000000001-00000000.parquet is on disk but in no commit log" in ln
+               for ln in fails), out
+    assert any("is in the commit log but not on disk" in ln for ln in fails), out
+
+
+def test_a_compaction_record_that_disagrees_with_the_disk_is_caught(compacted, capsys):
+    lake, summary = compacted
+    log = lake / "_loopline" / "compaction.log"
+    records = [json.loads(ln) for ln in log.read_text().splitlines()]
+    # the telemetry record forgets the file it added, and removes one that never was
+    records[0]["added"] = []
+    records[0]["removed"].append(records[0]["dir"] + "/part-ghost-00000000.parquet")
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rc, out = check(lake, summary, capsys)
+    assert rc == 1, out
+    fails = lines(out, "FAIL", "filesystem")
+    assert any("removes" in ln and "part-ghost-00000000.parquet, which no log before it names" in ln
+               for ln in fails), out
+    assert any("part-compact~1800000000000000-00000000.parquet is on disk but in no commit log" in ln
+               for ln in fails), out
