@@ -249,7 +249,8 @@ impl<'p> FileBatches<'p> {
     }
 
     /// Column `name` of `batch`, checked to be of type `want` and, unless `nullable`, free
-    /// of nulls.
+    /// of nulls. A nullable column the file lacks reads as all nulls: the file was written
+    /// before the column was added (the lake's compatibility rules, `docs/lake.md`).
     pub(crate) fn column(
         &self,
         batch: &RecordBatch,
@@ -261,9 +262,12 @@ impl<'p> FileBatches<'p> {
             path: self.path.to_owned(),
             message,
         };
-        let column = batch
-            .column_by_name(name)
-            .ok_or_else(|| bad(format!("no column {name}")))?;
+        let Some(column) = batch.column_by_name(name) else {
+            if nullable {
+                return Ok(arrow_array::new_null_array(want, batch.num_rows()));
+            }
+            return Err(bad(format!("no column {name}")));
+        };
         if column.data_type() != want || (!nullable && column.null_count() > 0) {
             return Err(bad(format!(
                 "column {name} is {} with {} nulls, expected {} {want}",

@@ -447,7 +447,7 @@ fn properties<B: RowBuffer>(zstd: ZstdLevel) -> WriterProperties {
 /// How `table`'s files are encoded: its schema, writer properties and sort columns, for
 /// rewriting its files (compaction) exactly as ingest writes them. `None` for a table the
 /// writer does not fill.
-pub(crate) fn table_properties(
+pub fn table_properties(
     table: &str,
     zstd: ZstdLevel,
 ) -> Option<(SchemaRef, WriterProperties, &'static [&'static str])> {

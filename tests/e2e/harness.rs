@@ -397,9 +397,17 @@ fn wait_for_port(port: u16, what: &str) {
 }
 
 /// The lake counted by pyarrow, DuckDB and Polars (`tests/interop/count_lake.py`), which
-/// must agree. `None`, said aloud, when the readers are not installed (`bash .ci/setup`
-/// installs them); CI sets `LOOPLINE_REQUIRE_PYTHON_READERS=1`, and then that fails.
+/// must agree: pyarrow's counts. `None`, said aloud, when the readers are not installed.
 pub fn python_counts(lake: &Path) -> Option<serde_json::Value> {
+    let arg = lake.to_string_lossy().into_owned();
+    python_json("count_lake.py", &["--lake", &arg]).map(|counts| counts["pyarrow"].clone())
+}
+
+/// Runs `tests/interop/<script>` with the project's Python readers and parses the JSON it
+/// prints; the script's exit status must be 0. `None`, said aloud, when the readers are not
+/// installed (`bash .ci/setup` installs them); CI sets `LOOPLINE_REQUIRE_PYTHON_READERS=1`,
+/// and then that fails instead.
+pub fn python_json(script: &str, args: &[&str]) -> Option<serde_json::Value> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     if !python.exists() {
@@ -408,25 +416,23 @@ pub fn python_counts(lake: &Path) -> Option<serde_json::Value> {
             "LOOPLINE_REQUIRE_PYTHON_READERS=1 but {} is missing: run bash .ci/setup",
             python.display()
         );
-        announce(
-            "e2e: pyarrow/DuckDB/Polars not installed (bash .ci/setup); lake read back in Rust only",
-        );
+        announce(&format!(
+            "e2e: pyarrow/DuckDB/Polars not installed (bash .ci/setup); {script} not run, the lake is read back in Rust only"
+        ));
         return None;
     }
     let output = Command::new(&python)
-        .arg(root.join("tests/interop/count_lake.py"))
-        .arg("--lake")
-        .arg(lake)
+        .arg(root.join("tests/interop").join(script))
+        .args(args)
         .output()
-        .expect("running count_lake.py");
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "the three readers disagree or failed: {stdout}\n{}",
+        "{script} failed (the readers disagree or could not read the lake): {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let counts: serde_json::Value = serde_json::from_str(&stdout).expect("count_lake.py JSON");
-    Some(counts["pyarrow"].clone())
+    Some(serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{script} JSON: {e}: {stdout}")))
 }
 
 /// A message as the broker delivered it: topic and payload.

@@ -6,6 +6,7 @@
 mod config_docs;
 mod demo;
 mod durability;
+mod evolution;
 mod faults;
 mod harness;
 mod malformed;
