@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Broker, lake_rows, python_counts};
+use loopline_ingest::writer::read_commit_log;
+
+use crate::harness::{Broker, free_port, http_get, lake_rows, python_counts};
 use crate::pipeline::{
     read_json, start_agent, start_ingest, start_ingest_as, wait_for_rows_in_all_logs,
 };
@@ -136,12 +138,36 @@ fn two_ingesters_on_a_shared_subscription_land_each_message_once() {
     let lake = logs.join("lake");
     let broker = Broker::start(logs);
     let shared = ["--share-group", "loopline-ingest"];
-    let mut a = start_ingest_as("a", &broker, &lake, logs, &shared);
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut a = start_ingest_as(
+        "a",
+        &broker,
+        &lake,
+        logs,
+        &[shared[0], shared[1], "--metrics-listen", &metrics],
+    );
     let mut b = start_ingest_as("b", &broker, &lake, logs, &shared);
     let mut agent = start_agent(&broker, "line-s", "d1,d2,d3,d4", 25, logs);
     assert!(agent.wait(Duration::from_secs(90)).success());
     let sent = sent(logs, "line-s");
     wait_for_rows_in_all_logs(&lake, sent.samples, Duration::from_secs(60));
+    // Ingest a's own endpoint agrees with its commit log.
+    let (status, health) = http_get(metrics_port, "/healthz");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{health}");
+    let (_, text) = http_get(metrics_port, "/metrics");
+    let committed_a: u64 = read_commit_log(&lake.join("_loopline/commits/a.log"))
+        .unwrap()
+        .iter()
+        .map(|r| r.rows)
+        .sum();
+    let line =
+        format!("loopline_ingest_rows_committed_total{{table=\"telemetry\"}} {committed_a}\n");
+    assert!(text.contains(&line), "{line} not in:\n{text}");
+    assert!(
+        text.contains("# TYPE loopline_ingest_ack_lag_seconds histogram"),
+        "{text}"
+    );
     for ingest in [&mut a, &mut b] {
         ingest.terminate();
         assert!(ingest.wait(Duration::from_secs(30)).success());
