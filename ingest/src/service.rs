@@ -495,10 +495,12 @@ async fn writer_task(task: WriterTask) -> Result<()> {
         let committed = tokio::task::block_in_place(|| writer.flush())?;
         record(&stats, &committed);
         acker.commits(&committed);
-        // Every message is durable now; hand the acknowledgements to the connection.
+        // Every message is durable now; hand the acknowledgements to the connection (for a
+        // bounded time: with the connection gone, the broker redelivers them instead).
+        let deadline = Instant::now() + Duration::from_secs(5);
         while {
             acker.send_ready(&stats);
-            !acker.unsent.is_empty()
+            !acker.unsent.is_empty() && Instant::now() < deadline
         } {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
