@@ -27,7 +27,7 @@ fn config(listen: SocketAddr, listen_v5: Option<SocketAddr>) -> Config {
             connection_timeout_ms: 60_000,
             max_payload_size: MAX_PACKET_BYTES,
             // Ingest acknowledges a message only once its file is committed, so it keeps up
-            // to its Receive Maximum (16,384 by default) unacknowledged.
+            // to its Receive Maximum (2,048 by default) unacknowledged.
             max_inflight_count: usize::from(u16::MAX),
             auth: None,
             external_auth: None,

@@ -307,37 +307,7 @@ pub fn live_files(lake: &Path) -> Result<Vec<LiveFile>> {
 /// The records of a compaction log with their line numbers, in order. A torn last line (a
 /// crash mid-append) is ignored; a bad line anywhere else is an error naming it.
 pub fn read_compaction_log(path: &Path) -> Result<Vec<(usize, CompactionRecord)>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    let mut records = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(line) {
-            Ok(record) => records.push((i + 1, record)),
-            Err(e) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring torn last line of the compaction log");
-            }
-            Err(e) => {
-                return Err(Error::CommitLog {
-                    path: path.to_owned(),
-                    line: i + 1,
-                    message: e.to_string(),
-                });
-            }
-        }
-    }
-    Ok(records)
+    writer::read_json_lines(path, "compaction log")
 }
 
 /// Compacts every closed partition of every table, as `options` say, with `now` as the clock.

@@ -61,7 +61,8 @@ pub struct IngestConfig {
     pub queue_bytes: ByteSize,
     /// Messages received and not yet acknowledged (they wait for their file's commit): sent
     /// to the broker as MQTT 5 Receive Maximum. When three quarters are waiting, the files
-    /// they wait on are committed early.
+    /// they wait on are committed early. Also what can sit ahead of a PINGRESP on the
+    /// connection: ingest must get through it within a keep-alive.
     pub max_unacked: NonZeroU16,
     /// How long the broker keeps this ingester's session, and queues its messages, while it
     /// is disconnected (MQTT 5 session expiry). `0s` ends the session at disconnect.
@@ -114,7 +115,7 @@ impl Default for IngestConfig {
             zstd_level: 3,
             queue_capacity: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
             queue_bytes: ByteSize::mib(64),
-            max_unacked: NonZeroU16::new(16_384).unwrap_or(NonZeroU16::MIN),
+            max_unacked: NonZeroU16::new(2048).unwrap_or(NonZeroU16::MIN),
             session_expiry: Duration::from_secs(24 * 3600),
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             dedup_max_ranges: NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),

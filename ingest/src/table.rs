@@ -172,11 +172,15 @@ impl Interner {
     }
 }
 
-/// The order that sorts `n` rows by `key`.
+/// The order that sorts `n` rows by `key`, ties kept in arrival order.
+///
+/// Each row's key is computed once, not at every comparison (a key is several indirect loads),
+/// and the sort is the standard library's stable one, which finds the runs rows arrive in:
+/// one channel of one batch is already sorted by time.
 pub(crate) fn sorted_order<K: Ord>(n: usize, key: impl Fn(usize) -> K) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.sort_unstable_by_key(|&i| key(i as usize));
-    order
+    let mut keyed: Vec<(K, u32)> = (0..n).map(|i| (key(i), i as u32)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, i)| i).collect()
 }
 
 /// `column` taken in `order`.

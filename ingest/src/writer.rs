@@ -35,7 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -900,8 +900,21 @@ pub fn read_table_commits(path: &Path, table: &str) -> Result<Vec<CommitRecord>>
 /// Reads every record of a commit log, of every table, in commit order. A torn last line (a
 /// crash mid-append) is ignored with a warning; a bad line anywhere else is an error naming it.
 pub fn read_commits(path: &Path) -> Result<Vec<CommitRecord>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
+    Ok(read_json_lines(path, "commit log")?
+        .into_iter()
+        .map(|(_, record)| record)
+        .collect())
+}
+
+/// The records of a JSON-lines log (`what` names it in warnings) with their line numbers; a
+/// missing file has none. A torn last line (a crash mid-append) is ignored with a warning; a
+/// bad line anywhere else is an error naming it.
+pub(crate) fn read_json_lines<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Vec<(usize, T)>> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(Error::Io {
@@ -910,22 +923,16 @@ pub fn read_commits(path: &Path) -> Result<Vec<CommitRecord>> {
             });
         }
     };
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+    let lines: Vec<&str> = text.lines().collect();
     let mut records = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<CommitRecord>(line) {
-            Ok(record) => records.push(record),
+        match serde_json::from_str(line) {
+            Ok(record) => records.push((i + 1, record)),
             Err(e) if i + 1 == lines.len() => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring torn last line of the commit log");
+                tracing::warn!(path = %path.display(), error = %e, "ignoring torn last line of the {what}");
             }
             Err(e) => {
                 return Err(Error::CommitLog {
