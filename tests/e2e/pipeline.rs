@@ -85,24 +85,7 @@ pub fn read_json(path: &Path) -> Value {
 
 /// Waits until the ingester's commit log accounts for `rows` rows.
 pub fn wait_for_committed_rows(lake: &Path, rows: u64, timeout: Duration) {
-    let log = lake.join("_loopline/commits/e2e.log");
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let committed: u64 = read_commit_log(&log)
-            .unwrap_or_default()
-            .iter()
-            .map(|r| r.rows)
-            .sum();
-        if committed >= rows {
-            assert_eq!(committed, rows, "more rows committed than published");
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {committed} of {rows} rows committed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_rows_in_all_logs(lake, rows, timeout);
 }
 
 /// Waits until every ingester's commit logs together hold `rows` telemetry rows.
