@@ -83,7 +83,7 @@ impl Default for IngestStats {
         }
         // 1 ms .. ~65 s: a commit is milliseconds, an acknowledgement waits up to roll_age.
         let seconds = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
-        IngestStats {
+        let stats = IngestStats {
             messages_received: register!(
                 Counter::default(),
                 name::MESSAGES_RECEIVED,
@@ -180,7 +180,17 @@ impl Default for IngestStats {
                 "1 while the broker has granted the telemetry subscription."
             ),
             registry,
+        };
+        // Every label from the start, so a scrape shows 0 rather than nothing.
+        for table in TABLES {
+            for family in [&stats.rows, &stats.files, &stats.bytes, &stats.rows_dropped] {
+                drop(family.get_or_create(&[("table", table)]));
+            }
         }
+        for reason in quarantine_reasons() {
+            drop(stats.quarantined.get_or_create(&[("reason", reason)]));
+        }
+        stats
     }
 }
 

@@ -136,7 +136,9 @@ fn two_ingesters_on_a_shared_subscription_land_each_message_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path();
     let lake = logs.join("lake");
-    let broker = Broker::start(logs);
+    let Some(broker) = Broker::start(logs).mosquitto("MQTT 5 shared subscriptions") else {
+        return;
+    };
     let shared = ["--share-group", "loopline-ingest"];
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");

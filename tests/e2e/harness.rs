@@ -225,6 +225,18 @@ impl Broker {
         Some(broker)
     }
 
+    /// The broker when it is Mosquitto; `None`, said aloud, with the embedded one, which lacks
+    /// what the test needs (`what`).
+    pub fn mosquitto(self, what: &str) -> Option<Broker> {
+        if self.mosquitto_conf.is_none() {
+            announce(&format!(
+                "e2e: this test needs Mosquitto ({what}); not run with the embedded broker"
+            ));
+            return None;
+        }
+        Some(self)
+    }
+
     /// Stops Mosquitto with SIGTERM (it saves its state) and starts it again on the same port.
     pub fn restart(&mut self) {
         let conf = self
