@@ -88,7 +88,8 @@ pub struct IngestConfig {
     pub tls_client_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_client_cert_file`.
     pub tls_client_key_file: Option<PathBuf>,
-    /// MQTT keep-alive.
+    /// MQTT keep-alive. The broker's answer to a ping queues behind the messages already on
+    /// their way, so under a backlog it must leave time to take them in.
     #[serde(with = "loopline_common::duration")]
     pub keep_alive: Duration,
     /// Log format on stderr: `human` or `json`.
@@ -124,7 +125,7 @@ impl Default for IngestConfig {
             tls_ca_file: None,
             tls_client_cert_file: None,
             tls_client_key_file: None,
-            keep_alive: Duration::from_secs(15),
+            keep_alive: Duration::from_secs(60),
             log_format: LogFormat::Human,
             report_file: None,
         }
