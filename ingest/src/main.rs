@@ -7,6 +7,12 @@ use loopline_common::{CancellationToken, logging, shutdown};
 use loopline_ingest::IngestStats;
 use loopline_ingest::cli::{self, Cli};
 
+/// mimalloc rather than glibc's malloc: commits run on whichever runtime thread is free, and
+/// glibc's per-thread arenas then hold on to what each freed (peak RSS was 2.8 times the
+/// buffered rows in `bench/ingest`, against 1.0 with a single arena).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(cli::Command::Compact(args)) = &cli.command {

@@ -82,8 +82,8 @@ pub struct IngestReport {
 /// Runs the ingester until `shutdown` is cancelled, then commits, acknowledges and returns
 /// its report.
 ///
-/// Needs a multi-threaded tokio runtime: file commits run in `block_in_place`, so the MQTT
-/// connection keeps being served while a file is written. When the writer fails (a full disk,
+/// The lake writer runs on a thread of its own, so the MQTT connection keeps being served on
+/// the caller's runtime while a file is written. When the writer fails (a full disk,
 /// say), intake stops at once and the error is returned; nothing unwritten was acknowledged.
 pub async fn run(
     config: IngestConfig,
@@ -142,7 +142,7 @@ pub async fn run(
         acked_all: acked_all.clone(),
         stats: stats.clone(),
     }));
-    let written = tokio::spawn(writer_task(WriterTask {
+    let task = WriterTask {
         config: config.clone(),
         writer,
         rx,
@@ -156,13 +156,29 @@ pub async fn run(
             window: usize::from(window),
         },
         acked_all,
-    }));
+    };
+    // The writer gets a thread of its own: a commit blocks it for as long as the file takes,
+    // and the MQTT connection keeps being served on the runtime meanwhile. One thread also
+    // keeps the allocator's memory in one place: commits hopping between runtime threads left
+    // freed buffers in each thread's arena.
+    let (done_tx, written) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("lake-writer".to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Internal(format!("starting the writer's runtime: {e}")))
+                .and_then(|runtime| runtime.block_on(writer_task(task)));
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| Error::Internal(format!("starting the writer thread: {e}")))?;
 
     let mqtt_result = mqtt.await;
     // The writer ends once the MQTT task has dropped its end of the queue.
     let writer_result = written
         .await
-        .map_err(|e| Error::Internal(format!("writer task panicked: {e}")))?;
+        .map_err(|_| Error::Internal("the writer thread panicked".into()))?;
     match mqtt_result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -463,7 +479,8 @@ async fn writer_task(task: WriterTask) -> Result<()> {
     let result = async {
         loop {
             let next_roll = writer.next_roll();
-            let retry = (!acker.unsent.is_empty()).then(|| Instant::now() + Duration::from_millis(5));
+            let retry =
+                (!acker.unsent.is_empty()).then(|| Instant::now() + Duration::from_millis(5));
             tokio::select! {
                 message = rx.recv() => {
                     let Some(message) = message else { break };
@@ -473,14 +490,14 @@ async fn writer_task(task: WriterTask) -> Result<()> {
                     acker.commits(&appended.commits);
                 }
                 () = sleep_until(next_roll) => {
-                    let committed = tokio::task::block_in_place(|| writer.roll_due(Instant::now()))?;
+                    let committed = writer.roll_due(Instant::now())?;
                     record(&stats, &committed);
                     acker.commits(&committed);
                 }
                 () = sleep_until(retry) => {}
             }
             if let Some(buffers) = acker.pressure() {
-                let committed = tokio::task::block_in_place(|| writer.commit_buffers(&buffers))?;
+                let committed = writer.commit_buffers(&buffers)?;
                 record(&stats, &committed);
                 acker.commits(&committed);
             }
@@ -492,7 +509,7 @@ async fn writer_task(task: WriterTask) -> Result<()> {
                 writer.dedup_size(),
             );
         }
-        let committed = tokio::task::block_in_place(|| writer.flush())?;
+        let committed = writer.flush()?;
         record(&stats, &committed);
         acker.commits(&committed);
         // Every message is durable now; hand the acknowledgements to the connection (for a
@@ -555,7 +572,7 @@ fn handle(
     let now = Instant::now();
     match validate::check(&message.topic, &message.payload, limits) {
         Ok(accepted) => {
-            let mut appended = tokio::task::block_in_place(|| writer.append(&accepted.batch, now))?;
+            let mut appended = writer.append(&accepted.batch, now)?;
             stats.duplicates(appended.is_duplicate(), appended.duplicate_parts);
             if appended.is_duplicate() {
                 tracing::debug!(topic = %message.topic, "duplicate message: its rows are already in the lake or buffered");
@@ -591,7 +608,7 @@ fn handle(
                 detail: &detail,
                 payload: &message.payload,
             };
-            let more = tokio::task::block_in_place(|| writer.quarantine(&row, now))?;
+            let more = writer.quarantine(&row, now)?;
             stats.quarantined(quarantine::PARTIAL_OUT_OF_RANGE);
             appended.buffers.extend(more.buffers);
             appended.commits.extend(more.commits);
@@ -615,7 +632,7 @@ fn handle(
                 detail: &rejection.detail,
                 payload: &message.payload,
             };
-            tokio::task::block_in_place(|| writer.quarantine(&row, now))
+            writer.quarantine(&row, now)
         }
     }
 }

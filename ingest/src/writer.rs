@@ -393,13 +393,16 @@ impl<B: RowBuffer> Pending for TableWriter<B> {
         self.buffered_bytes = self.buffered_bytes.saturating_sub(partition.bytes);
         let dir_rel = key.dir(B::TABLE)?;
         let name = files.next_name();
-        let batch = partition
-            .rows
-            .to_record_batch()
-            .map_err(|source| Error::Arrow {
-                path: files.lake.join(&dir_rel).join(&name),
-                source,
-            })?;
+        let Partition {
+            rows, id, parts, ..
+        } = partition;
+        let batch = rows.to_record_batch().map_err(|source| Error::Arrow {
+            path: files.lake.join(&dir_rel).join(&name),
+            source,
+        })?;
+        let ts_range = rows.ts_range();
+        // The sorted batch holds the rows now: give the buffer's memory back before encoding.
+        drop(rows);
         let record = files.commit(
             B::TABLE,
             key,
@@ -407,10 +410,10 @@ impl<B: RowBuffer> Pending for TableWriter<B> {
             &name,
             &self.properties,
             &batch,
-            partition.rows.ts_range(),
-            &partition.parts,
+            ts_range,
+            &parts,
         )?;
-        Ok((record, partition.id, partition.parts))
+        Ok((record, id, parts))
     }
 }
 
