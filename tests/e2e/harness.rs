@@ -329,7 +329,7 @@ impl Broker {
             url: format!("mqtt://127.0.0.1:{port}"),
             ingest_url: format!("mqtt://127.0.0.1:{ingest_port}"),
             port,
-            proc: proc,
+            proc,
         }
     }
 
