@@ -168,11 +168,11 @@ impl IngestConfig {
                 ),
             );
         }
-        if self.keep_alive < Duration::from_secs(1) || self.keep_alive > Duration::from_secs(65_535)
+        if self.keep_alive < Duration::from_secs(5) || self.keep_alive > Duration::from_secs(65_535)
         {
             return bad(
                 "keep_alive",
-                "must be from 1s to 65535s (MQTT counts it in whole seconds, 16 bits)".into(),
+                "must be from 5s (the MQTT 5 client's floor) to 65535s (MQTT counts it in whole seconds, 16 bits)".into(),
             );
         }
         if let Some(id) = &self.client_id
@@ -280,7 +280,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: [(&str, IngestConfig); 4] = [
+        let cases: [(&str, IngestConfig); 5] = [
+            (
+                "keep_alive",
+                IngestConfig {
+                    keep_alive: Duration::from_secs(3),
+                    ..Default::default()
+                },
+            ),
             (
                 "keep_alive",
                 IngestConfig {

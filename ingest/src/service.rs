@@ -267,7 +267,18 @@ async fn mqtt_task(task: MqttTask) -> Result<()> {
     let deadline = tokio::time::sleep(Duration::MAX);
     tokio::pin!(deadline);
     let mut deadline_set = false;
+    let mut subscribe_due = false;
     loop {
+        if subscribe_due {
+            // try_subscribe: awaiting the request queue from the task that drains it could
+            // deadlock. When it is full, the next turn of the loop tries again.
+            match client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                Ok(()) => subscribe_due = false,
+                Err(e) => {
+                    tracing::debug!(error = %e, "subscribe request queued behind acknowledgements; retrying")
+                }
+            }
+        }
         let event = tokio::select! {
             biased;
             () = acked_all.cancelled() => break,
@@ -297,11 +308,9 @@ async fn mqtt_task(task: MqttTask) -> Result<()> {
                 if let Some(granted) = ack.properties.as_ref().and_then(|p| p.receive_max) {
                     tracing::debug!(granted, "broker receive maximum");
                 }
-                // try_subscribe: awaiting the request queue from the task that drains it
-                // could deadlock.
-                client
-                    .try_subscribe(filter.clone(), QoS::AtLeastOnce)
-                    .map_err(|e| Error::Mqtt(format!("subscribe to {filter}: {e}")))?;
+                // Subscribed at the top of the loop: the request queue may still be full of
+                // acknowledgements for the connection that was lost.
+                subscribe_due = true;
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if let Some(code) = ack
