@@ -466,8 +466,16 @@ async fn a_broker_restart_loses_nothing() {
         CancellationToken::new(),
         Arc::clone(&stats),
     ));
-    // Let some batches through, then take the broker away for a while.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Let some batches through (however long the agent takes to start on a busy machine),
+    // then take the broker away for a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stats.snapshot().batches_acked == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no batch acknowledged within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(broker);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let _broker = Broker::mosquitto_on(port).unwrap();
