@@ -426,7 +426,7 @@ struct Acker {
 }
 
 impl Acker {
-    /// Records commits, then sends every acknowledgement now due.
+    /// Records which buffers these commits emptied; `send_ready` then sends what is due.
     fn commits(&mut self, committed: &[Committed]) {
         for c in committed {
             self.queue.committed(c.buffer);
