@@ -1,0 +1,1 @@
+//! A Slurm cluster through its command-line tools.
