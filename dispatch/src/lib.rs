@@ -12,3 +12,20 @@
 //! ```
 
 pub mod backend;
+pub mod scheduler;
+pub mod store;
+
+/// Errors of dispatch's own work, naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

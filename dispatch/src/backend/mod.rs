@@ -97,4 +97,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Stops the job (no-op when it has ended). A later [`Backend::poll`] says
     /// [`Observed::Cancelled`].
     fn cancel(&self, handle: &str) -> Result<(), BackendError>;
+    /// The handle of a job already started for `spec` (found by its job id), if there is one.
+    /// A dispatch that died after starting a job but before storing its handle asks this
+    /// before starting the job again. The default finds nothing.
+    fn find(&self, spec: &JobSpec) -> Result<Option<Handle>, BackendError> {
+        let _ = spec;
+        Ok(None)
+    }
 }
