@@ -12,3 +12,6 @@
 //! ```
 
 pub mod backend;
+pub mod registry;
+pub mod rollout;
+pub mod signing;
