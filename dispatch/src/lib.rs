@@ -12,7 +12,10 @@
 //! ```
 
 pub mod backend;
+pub mod registry;
+pub mod rollout;
 pub mod scheduler;
+pub mod signing;
 pub mod store;
 
 /// Errors of dispatch's own work, naming what failed.
