@@ -111,9 +111,32 @@ async fn answer(mut stream: TcpStream, pages: &dyn Pages) -> std::io::Result<()>
 /// Fetches `path` from a [`serve`]d endpoint: the status line and the body. For tests and
 /// the demo's own checks.
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    request(addr, "GET", path, None).await
+}
+
+/// Sends one HTTP/1.1 request (with a JSON body, if any) and reads the whole response: the
+/// status line and the body. The command-line clients of Loopline's own HTTP APIs use it.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+) -> std::io::Result<(String, String)> {
     let mut stream = TcpStream::connect(addr).await?;
+    let body = json_body.unwrap_or_default();
+    let content = if json_body.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
         .await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;

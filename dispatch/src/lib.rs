@@ -11,10 +11,16 @@
 //!                             registry (<lake>/_models) ──► signed release ──► canary ──► line
 //! ```
 
+pub mod api;
 pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod launcher;
+pub mod metrics;
 pub mod registry;
 pub mod rollout;
 pub mod scheduler;
+pub mod service;
 pub mod signing;
 pub mod store;
 

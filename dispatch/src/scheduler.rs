@@ -99,14 +99,22 @@ pub fn pick(
                 .then(a.queued_us.cmp(&b.queued_us))
                 .then(a.id.cmp(&b.id))
         })?;
-    let held: BTreeSet<u32> = in_flight.iter().flat_map(|job| job.gpus.iter().copied()).collect();
+    let held: BTreeSet<u32> = in_flight
+        .iter()
+        .flat_map(|job| job.gpus.iter().copied())
+        .collect();
     // Jobs whose indices are not known yet still count against the pool.
     let unknown: u32 = in_flight
         .iter()
-        .map(|job| job.asked.saturating_sub(u32::try_from(job.gpus.len()).unwrap_or(u32::MAX)))
+        .map(|job| {
+            job.asked
+                .saturating_sub(u32::try_from(job.gpus.len()).unwrap_or(u32::MAX))
+        })
         .sum();
     let free: Vec<u32> = (0..capacity).filter(|gpu| !held.contains(gpu)).collect();
-    let available = u32::try_from(free.len()).unwrap_or(0).saturating_sub(unknown);
+    let available = u32::try_from(free.len())
+        .unwrap_or(0)
+        .saturating_sub(unknown);
     if best.gpus > available {
         return None;
     }
@@ -144,7 +152,9 @@ impl RetryPolicy {
     /// The wait before attempt `attempt + 1`, after `attempt` attempts failed.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
     }
 }
 
@@ -265,21 +275,30 @@ impl Dispatcher {
     }
 
     fn cancel_requested(&mut self, now_us: i64, events: &mut Vec<JobEvent>) -> crate::Result<()> {
-        let active = self
-            .store
-            .jobs(&[State::Queued, State::Dispatched, State::Running], None, usize::MAX)?;
+        let active = self.store.jobs(
+            &[State::Queued, State::Dispatched, State::Running],
+            None,
+            usize::MAX,
+        )?;
         for job in active {
             let key = format!("{CANCEL_KEY_PREFIX}{}", job.id);
             let Some(why) = self.store.get_kv(&key)? else {
                 continue;
             };
-            if let Some(handle) = &job.handle {
-                if let Err(e) = self.backend.cancel(handle) {
-                    warn!(job = %job.name(), error = %e, "cancel in the backend failed; retrying next round");
-                    continue;
-                }
+            if let Some(handle) = &job.handle
+                && let Err(e) = self.backend.cancel(handle)
+            {
+                warn!(job = %job.name(), error = %e, "cancel in the backend failed; retrying next round");
+                continue;
             }
-            self.move_to(&job, State::Cancelled, &why, Changes::default(), now_us, events)?;
+            self.move_to(
+                &job,
+                State::Cancelled,
+                &why,
+                Changes::default(),
+                now_us,
+                events,
+            )?;
             self.store.set_kv(&key, "")?;
         }
         Ok(())
@@ -293,7 +312,14 @@ impl Dispatcher {
                     "queue time-out: waited longer than {}",
                     humantime::format_duration(job.request.queue_timeout)
                 );
-                self.move_to(&job, State::TimedOut, &reason, Changes::default(), now_us, events)?;
+                self.move_to(
+                    &job,
+                    State::TimedOut,
+                    &reason,
+                    Changes::default(),
+                    now_us,
+                    events,
+                )?;
             }
         }
         Ok(())
@@ -319,7 +345,14 @@ impl Dispatcher {
                     "run time-out: ran longer than {}",
                     humantime::format_duration(job.request.run_timeout)
                 );
-                self.move_to(&job, State::TimedOut, &reason, Changes::default(), now_us, events)?;
+                self.move_to(
+                    &job,
+                    State::TimedOut,
+                    &reason,
+                    Changes::default(),
+                    now_us,
+                    events,
+                )?;
                 continue;
             }
             let observed = match self.backend.poll(&handle) {
@@ -333,22 +366,32 @@ impl Dispatcher {
                 Observed::Pending { .. } => {}
                 Observed::Running { gpus } => {
                     if job.state == State::Dispatched {
-                        let on = gpus
-                            .as_ref()
-                            .or(job.gpu_indices.as_ref())
-                            .map(|g| format!("on GPU {}", join(g)))
-                            .unwrap_or_else(|| "without GPUs".into());
-                        let changes = Changes {
-                            gpu_indices: gpus,
-                            ..Changes::default()
-                        };
-                        let reason = format!("running on {} {on}", self.backend.name());
-                        self.move_to(&job, State::Running, &reason, changes, now_us, events)?;
+                        self.mark_running(&job, gpus, now_us, events)?;
                     }
                 }
                 ended => self.finish(&job, &ended, now_us, events)?,
             }
         }
+        Ok(())
+    }
+
+    fn mark_running(
+        &mut self,
+        job: &Job,
+        gpus: Option<Vec<u32>>,
+        now_us: i64,
+        events: &mut Vec<JobEvent>,
+    ) -> crate::Result<()> {
+        let on = match gpus.as_ref().or(job.gpu_indices.as_ref()) {
+            Some(g) if !g.is_empty() => format!(" on GPU {}", join(g)),
+            _ => String::new(),
+        };
+        let reason = format!("running on {}{on}", self.backend.name());
+        let changes = Changes {
+            gpu_indices: gpus,
+            ..Changes::default()
+        };
+        self.move_to(job, State::Running, &reason, changes, now_us, events)?;
         Ok(())
     }
 
@@ -404,7 +447,12 @@ impl Dispatcher {
     }
 
     /// A job dispatched by a process that died before storing the backend's handle.
-    fn adopt_or_restart(&mut self, job: &Job, now_us: i64, events: &mut Vec<JobEvent>) -> crate::Result<()> {
+    fn adopt_or_restart(
+        &mut self,
+        job: &Job,
+        now_us: i64,
+        events: &mut Vec<JobEvent>,
+    ) -> crate::Result<()> {
         let spec = self
             .launcher
             .spec(job, job.gpu_indices.clone())
@@ -422,7 +470,9 @@ impl Dispatcher {
                 )?;
             }
             Ok(None) => self.submit(job, spec, now_us, events)?,
-            Err(e) => warn!(job = %job.name(), error = %e, "looking the job up in the backend failed"),
+            Err(e) => {
+                warn!(job = %job.name(), error = %e, "looking the job up in the backend failed")
+            }
         }
         Ok(())
     }
@@ -438,7 +488,8 @@ impl Dispatcher {
             return Ok(());
         }
         let since = now_us - micros(self.config.fair_share_window);
-        let usage: HashMap<String, f64> = self.store.usage_since(since, now_us)?.into_iter().collect();
+        let usage: HashMap<String, f64> =
+            self.store.usage_since(since, now_us)?.into_iter().collect();
         loop {
             let in_flight: Vec<InFlight> = self
                 .store
@@ -452,17 +503,28 @@ impl Dispatcher {
                 })
                 .collect();
             // A job asking more GPUs than the pool has can never run.
-            if let Some(too_big) = queued.iter().position(|job| job.gpus > self.config.capacity) {
+            if let Some(too_big) = queued
+                .iter()
+                .position(|job| job.gpus > self.config.capacity)
+            {
                 let candidate = queued.swap_remove(too_big);
                 let job = self.store.job(candidate.id)?;
                 let reason = format!(
                     "asks for {} GPUs; the pool has {}",
                     candidate.gpus, self.config.capacity
                 );
-                self.move_to(&job, State::Failed, &reason, Changes::default(), now_us, events)?;
+                self.move_to(
+                    &job,
+                    State::Failed,
+                    &reason,
+                    Changes::default(),
+                    now_us,
+                    events,
+                )?;
                 continue;
             }
-            let Some(choice) = pick(&queued, &in_flight, self.config.capacity, &usage, now_us) else {
+            let Some(choice) = pick(&queued, &in_flight, self.config.capacity, &usage, now_us)
+            else {
                 return Ok(());
             };
             queued.retain(|job| job.id != choice.id);
@@ -473,9 +535,15 @@ impl Dispatcher {
                 .spec(&job, gpus.clone())
                 .map_err(|e| crate::Error::Io(format!("job {} folder", job.name()), e))?;
             let reason = match &gpus {
-                Some(g) if !g.is_empty() => format!("pool: GPU {} of {}", join(g), self.config.capacity),
+                Some(g) if !g.is_empty() => {
+                    format!("pool: GPU {} of {}", join(g), self.config.capacity)
+                }
                 Some(_) => "pool: no GPU asked".to_owned(),
-                None => format!("pool: {} GPU(s) from {}", job.request.gpus, self.backend.name()),
+                None => format!(
+                    "pool: {} GPU(s) from {}",
+                    job.request.gpus,
+                    self.backend.name()
+                ),
             };
             let changes = Changes {
                 backend: Some(self.backend.name().to_owned()),
@@ -487,21 +555,34 @@ impl Dispatcher {
         }
     }
 
-    fn submit(&mut self, job: &Job, spec: JobSpec, now_us: i64, events: &mut Vec<JobEvent>) -> crate::Result<()> {
+    fn submit(
+        &mut self,
+        job: &Job,
+        spec: JobSpec,
+        now_us: i64,
+        events: &mut Vec<JobEvent>,
+    ) -> crate::Result<()> {
         match self.backend.submit(&spec) {
             Ok(handle) => {
-                self.store.record(
+                let job = self.store.record(
                     job.id,
                     Changes {
-                        handle: Some(handle),
+                        handle: Some(handle.clone()),
                         ..Changes::default()
                     },
                     now_us,
                 )?;
+                // A local job runs at once: say so now rather than at the next round.
+                if let Ok(Observed::Running { gpus }) = self.backend.poll(&handle) {
+                    self.mark_running(&job, gpus, now_us, events)?;
+                }
             }
             Err(e @ BackendError::Unavailable { .. }) if job.attempt < job.request.max_attempts => {
                 let wait = self.config.retry.backoff(job.attempt);
-                let reason = format!("submitting failed: {e}; retry in {}", humantime::format_duration(wait));
+                let reason = format!(
+                    "submitting failed: {e}; retry in {}",
+                    humantime::format_duration(wait)
+                );
                 let changes = Changes {
                     not_before_us: Some(now_us + micros(wait)),
                     ..Changes::default()
@@ -510,7 +591,14 @@ impl Dispatcher {
             }
             Err(e) => {
                 let reason = format!("submitting failed: {e}");
-                self.move_to(job, State::Failed, &reason, Changes::default(), now_us, events)?;
+                self.move_to(
+                    job,
+                    State::Failed,
+                    &reason,
+                    Changes::default(),
+                    now_us,
+                    events,
+                )?;
             }
         }
         Ok(())
@@ -523,7 +611,10 @@ pub fn job_dir(state_dir: &std::path::Path, job: &Job) -> PathBuf {
 }
 
 fn join(gpus: &[u32]) -> String {
-    gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    gpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub(crate) fn micros(d: Duration) -> i64 {
@@ -563,9 +654,21 @@ mod tests {
             candidate(3, "c", 5, 1, 30),
         ];
         let usage: HashMap<String, f64> = [("a".to_string(), 100.0), ("b".to_string(), 5.0)].into();
-        assert_eq!(pick(&queued, &[], 4, &usage, 0).unwrap().id, 3, "priority first");
-        assert_eq!(pick(&queued[..2], &[], 4, &usage, 0).unwrap().id, 2, "line b used less");
-        assert_eq!(pick(&queued[..2], &[], 4, &HashMap::new(), 0).unwrap().id, 1, "oldest");
+        assert_eq!(
+            pick(&queued, &[], 4, &usage, 0).unwrap().id,
+            3,
+            "priority first"
+        );
+        assert_eq!(
+            pick(&queued[..2], &[], 4, &usage, 0).unwrap().id,
+            2,
+            "line b used less"
+        );
+        assert_eq!(
+            pick(&queued[..2], &[], 4, &HashMap::new(), 0).unwrap().id,
+            1,
+            "oldest"
+        );
     }
 
     #[test]
@@ -573,7 +676,13 @@ mod tests {
         let queued = vec![candidate(1, "a", 9, 1, 0), candidate(2, "b", 0, 2, 0)];
         let in_flight = vec![running("a", &[0])];
         let choice = pick(&queued, &in_flight, 4, &HashMap::new(), 0).unwrap();
-        assert_eq!(choice, Pick { id: 2, gpus: vec![1, 2] });
+        assert_eq!(
+            choice,
+            Pick {
+                id: 2,
+                gpus: vec![1, 2]
+            }
+        );
     }
 
     #[test]
@@ -595,17 +704,41 @@ mod tests {
             gpus: vec![],
             asked: 4,
         }];
-        assert_eq!(pick(&[candidate(1, "a", 0, 1, 0)], &in_flight, 4, &HashMap::new(), 0), None);
+        assert_eq!(
+            pick(
+                &[candidate(1, "a", 0, 1, 0)],
+                &in_flight,
+                4,
+                &HashMap::new(),
+                0
+            ),
+            None
+        );
     }
 
     #[test]
     fn retry_classification_and_back_off() {
         let policy = RetryPolicy::default();
-        assert_eq!(classify(&Observed::Exited { code: 0 }, &policy), Outcome::Succeeded);
-        assert!(matches!(classify(&Observed::Exited { code: 75 }, &policy), Outcome::Retryable(_)));
-        assert!(matches!(classify(&Observed::Exited { code: 2 }, &policy), Outcome::Failed(_)));
-        assert!(matches!(classify(&Observed::Signalled { signal: 9 }, &policy), Outcome::Retryable(_)));
-        assert!(matches!(classify(&Observed::Lost { reason: "x".into() }, &policy), Outcome::Retryable(_)));
+        assert_eq!(
+            classify(&Observed::Exited { code: 0 }, &policy),
+            Outcome::Succeeded
+        );
+        assert!(matches!(
+            classify(&Observed::Exited { code: 75 }, &policy),
+            Outcome::Retryable(_)
+        ));
+        assert!(matches!(
+            classify(&Observed::Exited { code: 2 }, &policy),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            classify(&Observed::Signalled { signal: 9 }, &policy),
+            Outcome::Retryable(_)
+        ));
+        assert!(matches!(
+            classify(&Observed::Lost { reason: "x".into() }, &policy),
+            Outcome::Retryable(_)
+        ));
         assert_eq!(policy.backoff(1), Duration::from_secs(5));
         assert_eq!(policy.backoff(3), Duration::from_secs(20));
         assert_eq!(policy.backoff(30), Duration::from_secs(300));

@@ -41,7 +41,11 @@ pub enum StoreError {
     #[error("job {id} cannot go from {from} to {to}")]
     BadTransition { id: i64, from: State, to: State },
     #[error("job {id}: stored {what} is unreadable: {detail}")]
-    Corrupt { id: i64, what: &'static str, detail: String },
+    Corrupt {
+        id: i64,
+        what: &'static str,
+        detail: String,
+    },
     #[error("invalid job request: {0}")]
     Invalid(String),
 }
@@ -224,21 +228,40 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// One entry of the timeline: what dispatch noticed or did, in words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at_us: i64,
+    pub line: String,
+    /// `drift`, `alert`, `job`, `model`, `rollout`, …
+    pub kind: String,
+    pub text: String,
+}
+
 /// What [`Store::submit`] did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Submitted {
-    Created { job: Job },
+    Created {
+        job: Job,
+    },
     /// The idempotency key was seen: the job it created then.
-    Repeated { job: Job },
+    Repeated {
+        job: Job,
+    },
     /// An active job has the same de-duplication key.
-    Merged { job: Job },
+    Merged {
+        job: Job,
+    },
 }
 
 impl Submitted {
     pub fn job(&self) -> &Job {
         match self {
-            Submitted::Created { job } | Submitted::Repeated { job } | Submitted::Merged { job } => job,
+            Submitted::Created { job }
+            | Submitted::Repeated { job }
+            | Submitted::Merged { job } => job,
         }
     }
 }
@@ -291,6 +314,13 @@ CREATE INDEX IF NOT EXISTS transitions_job ON transitions(job_id);
 CREATE TABLE IF NOT EXISTS submissions (
     idempotency_key TEXT PRIMARY KEY,
     job_id          INTEGER NOT NULL REFERENCES jobs(id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_us INTEGER NOT NULL,
+    line  TEXT    NOT NULL,
+    kind  TEXT    NOT NULL,
+    text  TEXT    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS kv (
     key   TEXT PRIMARY KEY,
@@ -372,13 +402,21 @@ impl Store {
             tx.commit()?;
             return Ok(Submitted::Merged { job });
         }
-        let request_json = serde_json::to_string(request).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let request_json =
+            serde_json::to_string(request).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let reason = format!("submitted: {}", request.trigger);
         tx.execute(
             "INSERT INTO jobs (state, dedup_key, request, priority, line, not_before_us,
                                created_us, updated_us, queued_us, reason)
              VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5, ?6)",
-            params![dedup_key, request_json, request.priority, request.line, now_us, reason],
+            params![
+                dedup_key,
+                request_json,
+                request.priority,
+                request.line,
+                now_us,
+                reason
+            ],
         )?;
         let id = tx.last_insert_rowid();
         tx.execute(
@@ -417,7 +455,9 @@ impl Store {
             });
         }
         let gpu_text = match &changes.gpu_indices {
-            Some(gpus) => Some(serde_json::to_string(gpus).map_err(|e| StoreError::Invalid(e.to_string()))?),
+            Some(gpus) => {
+                Some(serde_json::to_string(gpus).map_err(|e| StoreError::Invalid(e.to_string()))?)
+            }
             None => None,
         };
         let requeue = to == State::Queued;
@@ -462,7 +502,9 @@ impl Store {
     /// Records what the backend said without a state change (its handle, or the GPUs it chose).
     pub fn record(&mut self, id: i64, changes: Changes, now_us: i64) -> Result<Job> {
         let gpu_text = match &changes.gpu_indices {
-            Some(gpus) => Some(serde_json::to_string(gpus).map_err(|e| StoreError::Invalid(e.to_string()))?),
+            Some(gpus) => {
+                Some(serde_json::to_string(gpus).map_err(|e| StoreError::Invalid(e.to_string()))?)
+            }
             None => None,
         };
         let updated = self.conn.execute(
@@ -524,7 +566,8 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (job_id, at_us, from, to, reason): (i64, i64, Option<String>, String, String) = row?;
+            let (job_id, at_us, from, to, reason): (i64, i64, Option<String>, String, String) =
+                row?;
             let parse = |s: &str| {
                 s.parse::<State>().map_err(|detail| StoreError::Corrupt {
                     id: job_id,
@@ -548,7 +591,9 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-        let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
         let mut counts: Vec<(State, u64)> = State::ALL.iter().map(|s| (*s, 0)).collect();
         for row in rows {
             let (state, n) = row?;
@@ -590,11 +635,42 @@ impl Store {
         Ok(usage)
     }
 
+    /// Appends to the timeline.
+    pub fn log_event(&mut self, at_us: i64, line: &str, kind: &str, text: &str) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO events (at_us, line, kind, text) VALUES (?1, ?2, ?3, ?4)",
+            params![at_us, line, kind, text],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Timeline entries after id `after`, oldest first.
+    pub fn events(&self, after: i64, limit: usize) -> Result<Vec<Event>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, at_us, line, kind, text FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |row| {
+                Ok(Event {
+                    id: row.get(0)?,
+                    at_us: row.get(1)?,
+                    line: row.get(2)?,
+                    kind: row.get(3)?,
+                    text: row.get(4)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// A small persistent key-value slot (trigger state, the last schedule run).
     pub fn get_kv(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| row.get(0))
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
             .optional()?)
     }
 
@@ -690,14 +766,34 @@ mod tests {
             backend: Some("local".into()),
             ..Changes::default()
         };
-        let job = store.transition(job.id, State::Dispatched, "pool: gpu 2", gpus, 20).unwrap();
+        let job = store
+            .transition(job.id, State::Dispatched, "pool: gpu 2", gpus, 20)
+            .unwrap();
         assert_eq!((job.attempt, job.gpu_indices.clone()), (1, Some(vec![2])));
         let job = store
-            .record(job.id, Changes { handle: Some("h1".into()), ..Changes::default() }, 21)
+            .record(
+                job.id,
+                Changes {
+                    handle: Some("h1".into()),
+                    ..Changes::default()
+                },
+                21,
+            )
             .unwrap();
-        let job = store.transition(job.id, State::Running, "started", Changes::default(), 30).unwrap();
         let job = store
-            .transition(job.id, State::Succeeded, "exit 0", Changes { exit_code: Some(0), ..Changes::default() }, 40)
+            .transition(job.id, State::Running, "started", Changes::default(), 30)
+            .unwrap();
+        let job = store
+            .transition(
+                job.id,
+                State::Succeeded,
+                "exit 0",
+                Changes {
+                    exit_code: Some(0),
+                    ..Changes::default()
+                },
+                40,
+            )
             .unwrap();
         assert_eq!(job.started_us, Some(30));
         assert_eq!(job.finished_us, Some(40));
@@ -720,7 +816,10 @@ mod tests {
         let err = store
             .transition(job.id, State::Running, "again", Changes::default(), 50)
             .unwrap_err();
-        assert_eq!(err.to_string(), format!("job {} cannot go from succeeded to running", job.id));
+        assert_eq!(
+            err.to_string(),
+            format!("job {} cannot go from succeeded to running", job.id)
+        );
     }
 
     #[test]
@@ -737,11 +836,19 @@ mod tests {
         keyed.idempotency_key = Some("client-7".into());
         let a = store.submit(&keyed, 4).unwrap();
         store
-            .transition(a.job().id, State::Cancelled, "operator", Changes::default(), 5)
+            .transition(
+                a.job().id,
+                State::Cancelled,
+                "operator",
+                Changes::default(),
+                5,
+            )
             .unwrap();
         // The first job ended, but the same idempotency key still names it.
         let b = store.submit(&keyed, 6).unwrap();
-        assert!(matches!(&b, Submitted::Repeated { job } if job.id == a.job().id && job.state == State::Cancelled));
+        assert!(
+            matches!(&b, Submitted::Repeated { job } if job.id == a.job().id && job.state == State::Cancelled)
+        );
         // Without the key, the finished job no longer blocks a new one.
         keyed.idempotency_key = None;
         let c = store.submit(&keyed, 7).unwrap();
@@ -753,14 +860,44 @@ mod tests {
         let mut store = Store::in_memory().unwrap();
         let id = store.submit(&request("line-1"), 0).unwrap().job().id;
         store
-            .transition(id, State::Dispatched, "go", Changes { handle: Some("h".into()), gpu_indices: Some(vec![0]), ..Changes::default() }, 1)
+            .transition(
+                id,
+                State::Dispatched,
+                "go",
+                Changes {
+                    handle: Some("h".into()),
+                    gpu_indices: Some(vec![0]),
+                    ..Changes::default()
+                },
+                1,
+            )
             .unwrap();
         let job = store
-            .transition(id, State::Queued, "retry", Changes { not_before_us: Some(100), exit_code: Some(75), ..Changes::default() }, 2)
+            .transition(
+                id,
+                State::Queued,
+                "retry",
+                Changes {
+                    not_before_us: Some(100),
+                    exit_code: Some(75),
+                    ..Changes::default()
+                },
+                2,
+            )
             .unwrap();
         assert_eq!(job.state, State::Queued);
-        assert_eq!((job.handle, job.gpu_indices, job.not_before_us, job.queued_us), (None, None, 100, 2));
-        let job = store.transition(id, State::Dispatched, "go again", Changes::default(), 3).unwrap();
+        assert_eq!(
+            (
+                job.handle,
+                job.gpu_indices,
+                job.not_before_us,
+                job.queued_us
+            ),
+            (None, None, 100, 2)
+        );
+        let job = store
+            .transition(id, State::Dispatched, "go again", Changes::default(), 3)
+            .unwrap();
         assert_eq!(job.attempt, 2);
     }
 
@@ -771,7 +908,9 @@ mod tests {
         let id = {
             let mut store = Store::open(&path).unwrap();
             let id = store.submit(&request("line-1"), 0).unwrap().job().id;
-            store.transition(id, State::Dispatched, "go", Changes::default(), 1).unwrap();
+            store
+                .transition(id, State::Dispatched, "go", Changes::default(), 1)
+                .unwrap();
             store.set_kv("k", "v").unwrap();
             id
         };

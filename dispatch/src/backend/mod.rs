@@ -73,10 +73,16 @@ impl Observed {
 pub enum BackendError {
     /// The backend could not be reached or its command failed; worth trying again.
     #[error("{backend}: {detail}")]
-    Unavailable { backend: &'static str, detail: String },
+    Unavailable {
+        backend: &'static str,
+        detail: String,
+    },
     /// The backend refused the job as it is; trying again will not help.
     #[error("{backend} refused the job: {detail}")]
-    Refused { backend: &'static str, detail: String },
+    Refused {
+        backend: &'static str,
+        detail: String,
+    },
 }
 
 impl BackendError {
@@ -94,8 +100,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn submit(&self, spec: &JobSpec) -> Result<Handle, BackendError>;
     /// What the job is doing now. Also answers for jobs started by an earlier dispatch process.
     fn poll(&self, handle: &str) -> Result<Observed, BackendError>;
-    /// Stops the job (no-op when it has ended). A later [`Backend::poll`] says
-    /// [`Observed::Cancelled`].
+    /// Stops the job. A later [`Backend::poll`] says [`Observed::Cancelled`]; a job that had
+    /// already ended is left as it ended (its poll still says how).
     fn cancel(&self, handle: &str) -> Result<(), BackendError>;
     /// The handle of a job already started for `spec` (found by its job id), if there is one.
     /// A dispatch that died after starting a job but before storing its handle asks this

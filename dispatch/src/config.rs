@@ -1,0 +1,204 @@
+//! Dispatch configuration: defaults, then the TOML file, then `LOOPLINE_DISPATCH_*`
+//! environment variables, then flags. Parsed into typed values once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loopline_common::BrokerUrl;
+use loopline_common::logging::LogFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::scheduler::RetryPolicy;
+use crate::{Error, Result};
+
+/// Where training jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// Child processes on this machine, each given its GPUs by `CUDA_VISIBLE_DEVICES`.
+    Local,
+    /// A Slurm cluster: `sbatch --gres=gpu:N`.
+    Slurm,
+}
+
+/// Everything `loopline-dispatch serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Root folder of the Parquet lake: read for triggers and training, and home of the model
+    /// registry (`<lake>/_models`).
+    pub lake: PathBuf,
+    /// Dispatch's own state: the job database, job folders and the release signing key.
+    /// Defaults to `<lake>/_loopline/dispatch`.
+    pub state_dir: Option<PathBuf>,
+    /// Site whose lines dispatch looks after.
+    pub site: String,
+    /// Lines to look after; empty means every line of the site found in the lake.
+    pub lines: Vec<String>,
+    /// Model family trained and rolled out.
+    pub family: String,
+    /// MQTT broker that carries model releases to the agents and their reports back.
+    pub broker: BrokerUrl,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Address of the HTTP API, `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+    /// Where training jobs run: `local` or `slurm`.
+    pub backend: BackendKind,
+    /// GPUs in the pool.
+    pub gpus: u32,
+    /// GPUs each training job asks for.
+    pub gpus_per_job: u32,
+    /// Slurm partition to submit to (the cluster's default when unset).
+    pub slurm_partition: Option<String>,
+    /// The training command, before its contract flags (`--lake`, `--line`, …). Empty means
+    /// `loopline-train` beside this binary.
+    pub trainer_command: Vec<String>,
+    /// Seed passed to the trainer.
+    pub seed: u64,
+    /// Priority of triggered jobs (manual ones may ask for another).
+    pub priority: i64,
+    /// Attempts of a job before a retryable failure is final.
+    pub max_attempts: u32,
+    /// A job queued longer than this times out.
+    #[serde(with = "loopline_common::duration")]
+    pub queue_timeout: Duration,
+    /// A job running longer than this is stopped and times out.
+    #[serde(with = "loopline_common::duration")]
+    pub run_timeout: Duration,
+    /// How often the scheduler looks at the queue and the jobs in flight (it also wakes at
+    /// once on a submission).
+    #[serde(with = "loopline_common::duration")]
+    pub tick: Duration,
+    /// How often each line's triggers are evaluated.
+    #[serde(with = "loopline_common::duration")]
+    pub evaluate_interval: Duration,
+    /// Fair share balances the GPU time lines used over this window.
+    #[serde(with = "loopline_common::duration")]
+    pub fair_share_window: Duration,
+    /// Retry back-off and which exit codes are retryable.
+    pub retry: RetryPolicy,
+    /// Log format: `human` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            lake: PathBuf::from("loopline-lake"),
+            state_dir: None,
+            site: "plant-1".into(),
+            lines: Vec::new(),
+            family: "anomaly-ae".into(),
+            broker: BrokerUrl::new("127.0.0.1", 1883),
+            client_id: "loopline-dispatch".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9300)),
+            backend: BackendKind::Local,
+            gpus: 4,
+            gpus_per_job: 1,
+            slurm_partition: None,
+            trainer_command: Vec::new(),
+            seed: 1,
+            priority: 0,
+            max_attempts: 3,
+            queue_timeout: Duration::from_secs(3600),
+            run_timeout: Duration::from_secs(1800),
+            tick: Duration::from_millis(200),
+            evaluate_interval: Duration::from_secs(5),
+            fair_share_window: Duration::from_secs(3600),
+            retry: RetryPolicy::default(),
+            log_format: LogFormat::default(),
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// The state folder (the configured one or `<lake>/_loopline/dispatch`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| self.lake.join("_loopline").join("dispatch"))
+    }
+
+    /// The job database.
+    pub fn database(&self) -> PathBuf {
+        self.state_dir().join("dispatch.db")
+    }
+
+    /// Checks what types cannot: names an offending key and why.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
+        if self.site.is_empty() {
+            return bad("site", "must not be empty".into());
+        }
+        if self.gpus == 0 {
+            return bad("gpus", "the pool needs at least one GPU".into());
+        }
+        if self.gpus_per_job > self.gpus {
+            return bad(
+                "gpus_per_job",
+                format!(
+                    "{} is more than the pool's {} GPUs",
+                    self.gpus_per_job, self.gpus
+                ),
+            );
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1".into());
+        }
+        if self.tick.is_zero() || self.evaluate_interval.is_zero() {
+            return bad("tick/evaluate_interval", "must be longer than zero".into());
+        }
+        Ok(())
+    }
+
+    /// The trainer command: the configured one, or `loopline-train` beside `exe`.
+    pub fn trainer_command(&self, exe: &Path) -> Vec<String> {
+        if !self.trainer_command.is_empty() {
+            return self.trainer_command.clone();
+        }
+        let beside = exe
+            .parent()
+            .map(|dir| dir.join("loopline-train"))
+            .filter(|path| path.exists())
+            .unwrap_or_else(|| PathBuf::from("loopline-train"));
+        vec![beside.display().to_string()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_toml_file_overrides_defaults_and_unknown_keys_are_refused() {
+        let config: DispatchConfig = toml::from_str(
+            "lake = \"/data/lake\"\nbackend = \"slurm\"\ngpus = 8\nrun_timeout = \"10m\"\n[retry]\nbackoff_base = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.backend, BackendKind::Slurm);
+        assert_eq!(config.gpus, 8);
+        assert_eq!(config.run_timeout, Duration::from_secs(600));
+        assert_eq!(config.retry.backoff_base, Duration::from_secs(1));
+        assert_eq!(
+            config.state_dir(),
+            PathBuf::from("/data/lake/_loopline/dispatch")
+        );
+        let err = toml::from_str::<DispatchConfig>("gpu = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `gpu`"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let config = DispatchConfig {
+            gpus: 2,
+            gpus_per_job: 3,
+            ..DispatchConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert_eq!(err, "gpus_per_job: 3 is more than the pool's 2 GPUs");
+    }
+}
