@@ -2,6 +2,8 @@
 //! cancellation of a whole process tree, and a second backend instance (a restarted dispatch)
 //! finding jobs the first one started.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,7 +31,12 @@ fn workdir(root: &tempfile::TempDir, name: &str) -> PathBuf {
 }
 
 /// Polls until `done` accepts what the backend sees; panics with the last observation.
-fn wait_for(backend: &dyn Backend, handle: &str, what: &str, done: impl Fn(&Observed) -> bool) -> Observed {
+fn wait_for(
+    backend: &dyn Backend,
+    handle: &str,
+    what: &str,
+    done: impl Fn(&Observed) -> bool,
+) -> Observed {
     let start = Instant::now();
     let mut last = None;
     while start.elapsed() < DEADLINE {
@@ -64,7 +71,10 @@ fn wait_file(path: &Path) -> String {
 fn process_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
             !matches!(state, Some("Z" | "X"))
         }
         Err(_) => false,
@@ -75,10 +85,11 @@ fn process_running(pid: u32) -> bool {
 fn exit_statuses_and_signals_are_reported() {
     let root = tempfile::tempdir().unwrap();
     let backend = LocalBackend::new();
-    let cases = [("true", Observed::Exited { code: 0 }), ("exit 3", Observed::Exited { code: 3 }), (
-        "kill -9 $$",
-        Observed::Signalled { signal: 9 },
-    )];
+    let cases = [
+        ("true", Observed::Exited { code: 0 }),
+        ("exit 3", Observed::Exited { code: 3 }),
+        ("kill -9 $$", Observed::Signalled { signal: 9 }),
+    ];
     for (i, (script, want)) in cases.into_iter().enumerate() {
         let dir = workdir(&root, &format!("j{i}"));
         let handle = backend.submit(&sh(&format!("j{i}"), &dir, script)).unwrap();
@@ -90,7 +101,10 @@ fn exit_statuses_and_signals_are_reported() {
     let mut spec = sh("missing", &dir, "");
     spec.command = vec!["/nonexistent/train".into()];
     let handle = backend.submit(&spec).unwrap();
-    assert_eq!(wait_terminal(&backend, &handle), Observed::Exited { code: 127 });
+    assert_eq!(
+        wait_terminal(&backend, &handle),
+        Observed::Exited { code: 127 }
+    );
 }
 
 #[test]
@@ -105,10 +119,16 @@ fn the_job_sees_exactly_its_gpus_and_its_environment() {
     spec.gpu_indices = Some(vec![1, 3]);
     spec.env = vec![("LOOPLINE_LINE".into(), "line 'a'".into())];
     let handle = backend.submit(&spec).unwrap();
-    assert_eq!(wait_terminal(&backend, &handle), Observed::Exited { code: 0 });
+    assert_eq!(
+        wait_terminal(&backend, &handle),
+        Observed::Exited { code: 0 }
+    );
     let log = std::fs::read_to_string(dir.join("job.log")).unwrap();
     let dir_real = dir.canonicalize().unwrap();
-    assert_eq!(log, format!("cvd=[1,3] line=[line 'a'] pwd={}\n", dir_real.display()));
+    assert_eq!(
+        log,
+        format!("cvd=[1,3] line=[line 'a'] pwd={}\n", dir_real.display())
+    );
 
     // No GPU: the variable is set and empty (unset would mean every GPU), even when the job's
     // own environment tries to name one.
@@ -116,7 +136,10 @@ fn the_job_sees_exactly_its_gpus_and_its_environment() {
     let mut spec = sh("none", &dir, script);
     spec.env = vec![("CUDA_VISIBLE_DEVICES".into(), "0".into())];
     let handle = backend.submit(&spec).unwrap();
-    assert_eq!(wait_terminal(&backend, &handle), Observed::Exited { code: 0 });
+    assert_eq!(
+        wait_terminal(&backend, &handle),
+        Observed::Exited { code: 0 }
+    );
     let log = std::fs::read_to_string(dir.join("job.log")).unwrap();
     assert!(log.starts_with("cvd=[] line=[]"), "{log}");
 }
@@ -126,9 +149,21 @@ fn stdout_and_stderr_go_to_the_job_log() {
     let root = tempfile::tempdir().unwrap();
     let backend = LocalBackend::new();
     let dir = workdir(&root, "log");
-    let handle = backend.submit(&sh("log", &dir, "echo out; echo err >&2; echo more; exit 2")).unwrap();
-    assert_eq!(wait_terminal(&backend, &handle), Observed::Exited { code: 2 });
-    assert_eq!(std::fs::read_to_string(dir.join("job.log")).unwrap(), "out\nerr\nmore\n");
+    let handle = backend
+        .submit(&sh(
+            "log",
+            &dir,
+            "echo out; echo err >&2; echo more; exit 2",
+        ))
+        .unwrap();
+    assert_eq!(
+        wait_terminal(&backend, &handle),
+        Observed::Exited { code: 2 }
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("job.log")).unwrap(),
+        "out\nerr\nmore\n"
+    );
     assert_eq!(std::fs::read_to_string(dir.join("exit")).unwrap(), "2\n");
 }
 
@@ -140,7 +175,10 @@ fn concurrent_jobs_are_distinct() {
     for i in 0..4u32 {
         let dir = workdir(&root, &format!("c{i}"));
         // Each waits for its own go file, so all four are running at the same time.
-        let script = format!("echo job {i} gpu $CUDA_VISIBLE_DEVICES; while [ ! -e go ]; do sleep 0.02; done; exit {}", 10 + i);
+        let script = format!(
+            "echo job {i} gpu $CUDA_VISIBLE_DEVICES; while [ ! -e go ]; do sleep 0.02; done; exit {}",
+            10 + i
+        );
         let mut spec = sh(&format!("c{i}"), &dir, &script);
         spec.gpus = 1;
         spec.gpu_indices = Some(vec![i]);
@@ -151,14 +189,27 @@ fn concurrent_jobs_are_distinct() {
     distinct.dedup();
     assert_eq!(distinct.len(), 4, "{handles:?}");
     for (i, (dir, handle)) in handles.iter().enumerate() {
-        assert_eq!(backend.poll(handle).unwrap(), Observed::Running { gpus: Some(vec![i as u32]) });
-        assert_eq!(wait_file(&dir.join("job.log")), format!("job {i} gpu {i}\n"));
+        assert_eq!(
+            backend.poll(handle).unwrap(),
+            Observed::Running {
+                gpus: Some(vec![i as u32])
+            }
+        );
+        assert_eq!(
+            wait_file(&dir.join("job.log")),
+            format!("job {i} gpu {i}\n")
+        );
     }
     for (dir, _) in &handles {
         std::fs::write(dir.join("go"), b"").unwrap();
     }
     for (i, (_, handle)) in handles.iter().enumerate() {
-        assert_eq!(wait_terminal(&backend, handle), Observed::Exited { code: 10 + i as i32 });
+        assert_eq!(
+            wait_terminal(&backend, handle),
+            Observed::Exited {
+                code: 10 + i as i32
+            }
+        );
     }
 }
 
@@ -168,12 +219,24 @@ fn cancel_kills_the_whole_process_group() {
     let backend = LocalBackend::new();
     let dir = workdir(&root, "cancel");
     // The job's shell starts a grandchild and waits for it.
-    let handle = backend.submit(&sh("cancel", &dir, "sleep 300 & echo $! > grandchild; wait")).unwrap();
+    let handle = backend
+        .submit(&sh(
+            "cancel",
+            &dir,
+            "sleep 300 & echo $! > grandchild; wait",
+        ))
+        .unwrap();
     let grandchild: u32 = wait_file(&dir.join("grandchild")).trim().parse().unwrap();
     assert!(process_running(grandchild));
-    assert_eq!(backend.poll(&handle).unwrap(), Observed::Running { gpus: Some(vec![]) });
+    assert_eq!(
+        backend.poll(&handle).unwrap(),
+        Observed::Running { gpus: Some(vec![]) }
+    );
     backend.cancel(&handle).unwrap();
-    assert!(!process_running(grandchild), "grandchild {grandchild} survived the cancel");
+    assert!(
+        !process_running(grandchild),
+        "grandchild {grandchild} survived the cancel"
+    );
     assert_eq!(backend.poll(&handle).unwrap(), Observed::Cancelled);
     // Cancelling again, or polling later, changes nothing.
     backend.cancel(&handle).unwrap();
@@ -186,7 +249,11 @@ fn cancel_escalates_to_sigkill_when_sigterm_is_ignored() {
     let backend = LocalBackend::with_cancel_grace(Duration::from_millis(200));
     let dir = workdir(&root, "stubborn");
     let handle = backend
-        .submit(&sh("stubborn", &dir, "trap '' TERM; echo ready; while :; do sleep 0.05; done"))
+        .submit(&sh(
+            "stubborn",
+            &dir,
+            "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+        ))
         .unwrap();
     assert_eq!(wait_file(&dir.join("job.log")), "ready\n");
     backend.cancel(&handle).unwrap();
@@ -208,7 +275,9 @@ fn a_restarted_backend_adopts_running_and_finished_jobs() {
     let done_dir = workdir(&root, "done");
     let done = first.submit(&sh("done", &done_dir, "exit 5")).unwrap();
     let cancel_dir = workdir(&root, "to-cancel");
-    let to_cancel = first.submit(&sh("to-cancel", &cancel_dir, "echo started; sleep 300")).unwrap();
+    let to_cancel = first
+        .submit(&sh("to-cancel", &cancel_dir, "echo started; sleep 300"))
+        .unwrap();
     assert_eq!(wait_terminal(&first, &done), Observed::Exited { code: 5 });
     wait_file(&running_dir.join("job.log"));
     wait_file(&cancel_dir.join("job.log"));
@@ -216,10 +285,18 @@ fn a_restarted_backend_adopts_running_and_finished_jobs() {
     drop(first);
 
     let second = LocalBackend::new();
-    assert_eq!(second.poll(&running).unwrap(), Observed::Running { gpus: Some(vec![2]) });
+    assert_eq!(
+        second.poll(&running).unwrap(),
+        Observed::Running {
+            gpus: Some(vec![2])
+        }
+    );
     assert_eq!(second.poll(&done).unwrap(), Observed::Exited { code: 5 });
     std::fs::write(running_dir.join("go"), b"").unwrap();
-    assert_eq!(wait_terminal(&second, &running), Observed::Exited { code: 7 });
+    assert_eq!(
+        wait_terminal(&second, &running),
+        Observed::Exited { code: 7 }
+    );
     second.cancel(&to_cancel).unwrap();
     assert_eq!(second.poll(&to_cancel).unwrap(), Observed::Cancelled);
 }
@@ -230,19 +307,34 @@ fn a_job_without_process_or_status_is_lost() {
     let backend = LocalBackend::new();
     let dir = workdir(&root, "gone");
     let handle = backend.submit(&sh("gone", &dir, "exit 0")).unwrap();
-    assert_eq!(wait_terminal(&backend, &handle), Observed::Exited { code: 0 });
+    assert_eq!(
+        wait_terminal(&backend, &handle),
+        Observed::Exited { code: 0 }
+    );
     std::fs::remove_file(dir.join("exit")).unwrap();
     let seen = LocalBackend::new().poll(&handle).unwrap();
-    assert!(matches!(&seen, Observed::Lost { reason } if reason.contains("left no")), "{seen:?}");
+    assert!(
+        matches!(&seen, Observed::Lost { reason } if reason.contains("left no")),
+        "{seen:?}"
+    );
 
     // A live pid with another start time is another process that reused the pid.
     let dir = dir.canonicalize().unwrap();
     let reused = format!("local:{}:1::{}", std::process::id(), dir.display());
-    assert!(matches!(backend.poll(&reused).unwrap(), Observed::Lost { .. }));
+    assert!(matches!(
+        backend.poll(&reused).unwrap(),
+        Observed::Lost { .. }
+    ));
     backend.cancel(&reused).unwrap();
-    assert!(!dir.join("cancelled").exists(), "cancel of a reused pid must not touch it");
+    assert!(
+        !dir.join("cancelled").exists(),
+        "cancel of a reused pid must not touch it"
+    );
 
-    assert!(matches!(backend.poll("slurm:12").unwrap(), Observed::Lost { .. }));
+    assert!(matches!(
+        backend.poll("slurm:12").unwrap(),
+        Observed::Lost { .. }
+    ));
 }
 
 #[test]
@@ -253,13 +345,22 @@ fn jobs_that_cannot_run_are_refused() {
     let mut spec = sh("r", &dir, "true");
     spec.gpus = 2;
     let err = backend.submit(&spec).unwrap_err();
-    assert!(matches!(err, BackendError::Refused { .. }) && err.to_string().contains("gpu_indices"), "{err}");
+    assert!(
+        matches!(err, BackendError::Refused { .. }) && err.to_string().contains("gpu_indices"),
+        "{err}"
+    );
     spec.gpu_indices = Some(vec![0]);
     let err = backend.submit(&spec).unwrap_err();
     assert!(err.to_string().contains("asks for 2 GPUs"), "{err}");
     let mut spec = sh("r", &root.path().join("absent"), "true");
-    assert!(matches!(backend.submit(&spec), Err(BackendError::Refused { .. })));
+    assert!(matches!(
+        backend.submit(&spec),
+        Err(BackendError::Refused { .. })
+    ));
     spec.workdir = dir;
     spec.command.clear();
-    assert!(matches!(backend.submit(&spec), Err(BackendError::Refused { .. })));
+    assert!(matches!(
+        backend.submit(&spec),
+        Err(BackendError::Refused { .. })
+    ));
 }

@@ -2,6 +2,8 @@
 //! this machine (one node, 4 GPUs). Without a cluster these tests say why and pass, unless
 //! `LOOPLINE_REQUIRE_SLURM=1` (CI), where they fail.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -35,7 +37,9 @@ fn cluster() -> Option<SlurmBackend> {
     match why_not {
         None => Some(SlurmBackend::new(config)),
         Some(why) if std::env::var("LOOPLINE_REQUIRE_SLURM").as_deref() == Ok("1") => {
-            panic!("LOOPLINE_REQUIRE_SLURM=1 but no Slurm cluster: {why} (start one: scripts/slurm-cluster start)")
+            panic!(
+                "LOOPLINE_REQUIRE_SLURM=1 but no Slurm cluster: {why} (start one: scripts/slurm-cluster start)"
+            )
         }
         Some(why) => {
             eprintln!("skipped: no Slurm cluster ({why}); `scripts/slurm-cluster start` runs one");
@@ -45,7 +49,9 @@ fn cluster() -> Option<SlurmBackend> {
 }
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
-    CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    CLUSTER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn sh(job_id: &str, workdir: &Path, gpus: u32, script: &str) -> JobSpec {
@@ -66,7 +72,12 @@ fn workdir(root: &tempfile::TempDir, name: &str) -> PathBuf {
     dir
 }
 
-fn wait_for(backend: &SlurmBackend, handle: &str, what: &str, done: impl Fn(&Observed) -> bool) -> Observed {
+fn wait_for(
+    backend: &SlurmBackend,
+    handle: &str,
+    what: &str,
+    done: impl Fn(&Observed) -> bool,
+) -> Observed {
     let start = Instant::now();
     let mut last = None;
     while start.elapsed() < DEADLINE {
@@ -85,7 +96,9 @@ fn wait_terminal(backend: &SlurmBackend, handle: &str) -> Observed {
 }
 
 fn wait_running(backend: &SlurmBackend, handle: &str) -> Option<Vec<u32>> {
-    match wait_for(backend, handle, "running", |o| matches!(o, Observed::Running { .. })) {
+    match wait_for(backend, handle, "running", |o| {
+        matches!(o, Observed::Running { .. })
+    }) {
         Observed::Running { gpus } => gpus,
         other => unreachable!("{other:?}"),
     }
@@ -102,7 +115,10 @@ fn wait_line(path: &Path, prefix: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{} has no line starting {prefix:?} after {DEADLINE:?}", path.display());
+    panic!(
+        "{} has no line starting {prefix:?} after {DEADLINE:?}",
+        path.display()
+    );
 }
 
 #[test]
@@ -111,27 +127,44 @@ fn jobs_run_and_report_their_exit_status() {
     let _cluster = lock();
     let root = tempfile::tempdir().unwrap();
     let cases = [
-        ("ok", r#"echo "env=[$LOOPLINE_TEST_JOB] cvd=[${CUDA_VISIBLE_DEVICES-unset}]""#, Observed::Exited { code: 0 }),
-        ("three", "echo failing; exit 3", Observed::Exited { code: 3 }),
+        (
+            "ok",
+            r#"echo "env=[$LOOPLINE_TEST_JOB] cvd=[${CUDA_VISIBLE_DEVICES-unset}]""#,
+            Observed::Exited { code: 0 },
+        ),
+        (
+            "three",
+            "echo failing; exit 3",
+            Observed::Exited { code: 3 },
+        ),
         ("killed", "kill -9 $$", Observed::Signalled { signal: 9 }),
     ];
     let handles: Vec<_> = cases
         .iter()
         .map(|(name, script, _)| {
             let dir = workdir(&root, name);
-            (dir.clone(), backend.submit(&sh(name, &dir, 0, script)).unwrap())
+            (
+                dir.clone(),
+                backend.submit(&sh(name, &dir, 0, script)).unwrap(),
+            )
         })
         .collect();
     for ((dir, handle), (name, _, want)) in handles.iter().zip(&cases) {
         assert!(handle.parse::<u64>().is_ok(), "handle {handle:?}");
         assert_eq!(&wait_terminal(&backend, handle), want, "job {name}");
         let script = std::fs::read_to_string(dir.join("job.sbatch")).unwrap();
-        assert!(script.contains(&format!("#SBATCH --job-name=loopline-{name}\n")), "{script}");
+        assert!(
+            script.contains(&format!("#SBATCH --job-name=loopline-{name}\n")),
+            "{script}"
+        );
     }
     // The environment arrives quoted as given, and a CPU job sees no GPU.
     let log = std::fs::read_to_string(handles[0].0.join("job.log")).unwrap();
     assert_eq!(log, "env=[job 'ok'] cvd=[]\n");
-    assert_eq!(std::fs::read_to_string(handles[1].0.join("job.log")).unwrap(), "failing\n");
+    assert_eq!(
+        std::fs::read_to_string(handles[1].0.join("job.log")).unwrap(),
+        "failing\n"
+    );
 }
 
 #[test]
@@ -144,7 +177,9 @@ fn a_fifth_one_gpu_job_waits_for_a_free_gpu_and_gets_the_freed_one() {
     let jobs: Vec<(PathBuf, String)> = (0..5)
         .map(|i| {
             let dir = workdir(&root, &format!("g{i}"));
-            let handle = backend.submit(&sh(&format!("g{i}"), &dir, 1, script)).unwrap();
+            let handle = backend
+                .submit(&sh(&format!("g{i}"), &dir, 1, script))
+                .unwrap();
             (dir, handle)
         })
         .collect();
@@ -152,31 +187,61 @@ fn a_fifth_one_gpu_job_waits_for_a_free_gpu_and_gets_the_freed_one() {
     let mut held = Vec::new();
     for (dir, handle) in &jobs[..4] {
         let gpus = wait_running(&backend, handle);
-        let Some([gpu]) = gpus.as_deref() else { panic!("job {handle} runs on {gpus:?}, not one GPU") };
+        let Some([gpu]) = gpus.as_deref() else {
+            panic!("job {handle} runs on {gpus:?}, not one GPU")
+        };
         // What the job itself was handed agrees with what poll reports.
-        assert_eq!(wait_line(&dir.join("job.log"), "cvd="), format!("cvd={gpu}"), "job {handle}");
+        assert_eq!(
+            wait_line(&dir.join("job.log"), "cvd="),
+            format!("cvd={gpu}"),
+            "job {handle}"
+        );
         held.push(*gpu);
     }
     let mut distinct = held.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct, vec![0, 1, 2, 3], "the four running jobs hold GPUs {held:?}");
+    assert_eq!(
+        distinct,
+        vec![0, 1, 2, 3],
+        "the four running jobs hold GPUs {held:?}"
+    );
 
     let (fifth_dir, fifth) = &jobs[4];
-    wait_for(&backend, fifth, "pending on Resources", |o| matches!(o, Observed::Pending { reason } if reason == "Resources"));
+    wait_for(
+        &backend,
+        fifth,
+        "pending on Resources",
+        |o| matches!(o, Observed::Pending { reason } if reason == "Resources"),
+    );
 
     // One job ends; the fifth starts on the GPU it freed.
     std::fs::write(jobs[1].0.join("release"), b"").unwrap();
-    assert_eq!(wait_terminal(&backend, &jobs[1].1), Observed::Exited { code: 0 });
+    assert_eq!(
+        wait_terminal(&backend, &jobs[1].1),
+        Observed::Exited { code: 0 }
+    );
     let gpus = wait_running(&backend, fifth);
-    assert_eq!(gpus, Some(vec![held[1]]), "the fifth job should get the freed GPU {}", held[1]);
-    assert_eq!(wait_line(&fifth_dir.join("job.log"), "cvd="), format!("cvd={}", held[1]));
+    assert_eq!(
+        gpus,
+        Some(vec![held[1]]),
+        "the fifth job should get the freed GPU {}",
+        held[1]
+    );
+    assert_eq!(
+        wait_line(&fifth_dir.join("job.log"), "cvd="),
+        format!("cvd={}", held[1])
+    );
 
     for (dir, _) in &jobs {
         std::fs::write(dir.join("release"), b"").unwrap();
     }
     for (_, handle) in &jobs {
-        assert_eq!(wait_terminal(&backend, handle), Observed::Exited { code: 0 }, "job {handle}");
+        assert_eq!(
+            wait_terminal(&backend, handle),
+            Observed::Exited { code: 0 },
+            "job {handle}"
+        );
     }
 }
 
@@ -186,7 +251,9 @@ fn cancel_stops_running_and_pending_jobs() {
     let _cluster = lock();
     let root = tempfile::tempdir().unwrap();
     let dir = workdir(&root, "long");
-    let running = backend.submit(&sh("long", &dir, 1, "echo started; sleep 300")).unwrap();
+    let running = backend
+        .submit(&sh("long", &dir, 1, "echo started; sleep 300"))
+        .unwrap();
     wait_running(&backend, &running);
     wait_line(&dir.join("job.log"), "started");
     backend.cancel(&running).unwrap();
@@ -197,17 +264,30 @@ fn cancel_stops_running_and_pending_jobs() {
     // A job waiting for GPUs that another job holds is cancelled while pending.
     let holder_dir = workdir(&root, "holder");
     let holder = backend
-        .submit(&sh("holder", &holder_dir, 4, "while [ ! -e release ]; do sleep 0.1; done"))
+        .submit(&sh(
+            "holder",
+            &holder_dir,
+            4,
+            "while [ ! -e release ]; do sleep 0.1; done",
+        ))
         .unwrap();
     wait_running(&backend, &holder);
     let dir = workdir(&root, "pending");
     let pending = backend.submit(&sh("pending", &dir, 1, "echo ran")).unwrap();
-    wait_for(&backend, &pending, "pending", |o| matches!(o, Observed::Pending { .. }));
+    wait_for(&backend, &pending, "pending", |o| {
+        matches!(o, Observed::Pending { .. })
+    });
     backend.cancel(&pending).unwrap();
     assert_eq!(wait_terminal(&backend, &pending), Observed::Cancelled);
     std::fs::write(holder_dir.join("release"), b"").unwrap();
-    assert_eq!(wait_terminal(&backend, &holder), Observed::Exited { code: 0 });
-    assert!(!dir.join("job.log").exists(), "the cancelled pending job ran");
+    assert_eq!(
+        wait_terminal(&backend, &holder),
+        Observed::Exited { code: 0 }
+    );
+    assert!(
+        !dir.join("job.log").exists(),
+        "the cancelled pending job ran"
+    );
 }
 
 #[test]
@@ -217,7 +297,11 @@ fn more_gpus_than_the_node_has_is_refused() {
     let dir = workdir(&root, "eight");
     let err = backend.submit(&sh("eight", &dir, 8, "true")).unwrap_err();
     assert!(matches!(err, BackendError::Refused { .. }), "{err:?}");
-    assert!(err.to_string().contains("Requested node configuration is not available"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("Requested node configuration is not available"),
+        "{err}"
+    );
     assert!(!err.is_retryable());
 }
 
@@ -225,7 +309,10 @@ fn more_gpus_than_the_node_has_is_refused() {
 fn unknown_job_ids_are_lost_and_missing_tools_unavailable() {
     let Some(backend) = cluster() else { return };
     let seen = backend.poll("999999999").unwrap();
-    assert!(matches!(&seen, Observed::Lost { reason } if reason.contains("999999999")), "{seen:?}");
+    assert!(
+        matches!(&seen, Observed::Lost { reason } if reason.contains("999999999")),
+        "{seen:?}"
+    );
 
     let broken = SlurmBackend::new(SlurmConfig {
         scontrol: PathBuf::from("/nonexistent/scontrol"),
@@ -233,5 +320,8 @@ fn unknown_job_ids_are_lost_and_missing_tools_unavailable() {
         ..backend.config().clone()
     });
     let err = broken.poll("1").unwrap_err();
-    assert!(err.is_retryable() && err.to_string().contains("/nonexistent/scontrol"), "{err}");
+    assert!(
+        err.is_retryable() && err.to_string().contains("/nonexistent/scontrol"),
+        "{err}"
+    );
 }

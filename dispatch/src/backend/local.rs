@@ -46,7 +46,8 @@ pub const EXIT_FILE: &str = "exit";
 pub const CANCELLED_FILE: &str = "cancelled";
 
 /// Runs the command, then records its status atomically. `$1` is the exit file's path.
-const WRAPPER: &str = r#"e=$1; shift; "$@"; s=$?; printf '%s\n' "$s" > "$e.tmp" && mv -f "$e.tmp" "$e"; exit "$s""#;
+const WRAPPER: &str =
+    r#"e=$1; shift; "$@"; s=$?; printf '%s\n' "$s" > "$e.tmp" && mv -f "$e.tmp" "$e"; exit "$s""#;
 
 /// How long `cancel` waits after SIGTERM before SIGKILL, unless told otherwise.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -75,12 +76,18 @@ impl LocalBackend {
 
     /// A backend that gives a cancelled job `grace` between SIGTERM and SIGKILL.
     pub fn with_cancel_grace(grace: Duration) -> Self {
-        Self { cancel_grace: grace, children: Mutex::new(Vec::new()), reaped: Mutex::new(HashMap::new()) }
+        Self {
+            cancel_grace: grace,
+            children: Mutex::new(Vec::new()),
+            reaped: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Reaps the children that have ended, keeping their statuses.
     fn reap(&self) {
-        let Ok(mut children) = self.children.lock() else { return };
+        let Ok(mut children) = self.children.lock() else {
+            return;
+        };
         let mut done = Vec::new();
         children.retain_mut(|child| match child.try_wait() {
             Ok(Some(status)) => {
@@ -116,7 +123,13 @@ struct LocalHandle {
 impl LocalHandle {
     fn encode(&self) -> Handle {
         let gpus = join_indices(&self.gpus);
-        format!("local:{}:{}:{}:{}", self.pid, self.start_time, gpus, self.workdir.display())
+        format!(
+            "local:{}:{}:{}:{}",
+            self.pid,
+            self.start_time,
+            gpus,
+            self.workdir.display()
+        )
     }
 
     fn parse(handle: &str) -> Option<Self> {
@@ -128,10 +141,18 @@ impl LocalHandle {
         let gpus = if gpus.is_empty() {
             Vec::new()
         } else {
-            gpus.split(',').map(str::parse).collect::<Result<Vec<u32>, _>>().ok()?
+            gpus.split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<u32>, _>>()
+                .ok()?
         };
         let workdir = PathBuf::from(parts.next()?);
-        (pid > 0 && workdir.is_absolute()).then_some(Self { pid, start_time, gpus, workdir })
+        (pid > 0 && workdir.is_absolute()).then_some(Self {
+            pid,
+            start_time,
+            gpus,
+            workdir,
+        })
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -140,7 +161,10 @@ impl LocalHandle {
 }
 
 fn join_indices(gpus: &[u32]) -> String {
-    gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    gpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The fields of `/proc/<pid>/stat` this backend uses.
@@ -165,16 +189,22 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
 }
 
 fn read_stat(pid: u32) -> Option<ProcStat> {
-    fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(parse_stat)
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(parse_stat)
 }
 
 /// Live (not zombie) processes whose process group is `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            read_stat(*pid).is_some_and(|s| s.pgrp == i64::from(pgid) && !matches!(s.state, 'Z' | 'X'))
+            read_stat(*pid)
+                .is_some_and(|s| s.pgrp == i64::from(pgid) && !matches!(s.state, 'Z' | 'X'))
         })
         .collect()
 }
@@ -186,7 +216,11 @@ fn job_process_alive(h: &LocalHandle) -> bool {
 
 /// What an exit status recorded by the wrapper means.
 fn observed_from_status(code: i32) -> Observed {
-    if (129..=192).contains(&code) { Observed::Signalled { signal: code - 128 } } else { Observed::Exited { code } }
+    if (129..=192).contains(&code) {
+        Observed::Signalled { signal: code - 128 }
+    } else {
+        Observed::Exited { code }
+    }
 }
 
 fn read_exit_file(path: &Path) -> Option<Result<i32, String>> {
@@ -202,11 +236,17 @@ fn read_exit_file(path: &Path) -> Option<Result<i32, String>> {
 }
 
 fn unavailable(detail: String) -> BackendError {
-    BackendError::Unavailable { backend: NAME, detail }
+    BackendError::Unavailable {
+        backend: NAME,
+        detail,
+    }
 }
 
 fn refused(detail: String) -> BackendError {
-    BackendError::Refused { backend: NAME, detail }
+    BackendError::Refused {
+        backend: NAME,
+        detail,
+    }
 }
 
 fn signal_group(pgid: u32, signal: Signal) -> Result<(), BackendError> {
@@ -221,7 +261,12 @@ fn signal_group(pgid: u32, signal: Signal) -> Result<(), BackendError> {
 
 impl LocalBackend {
     /// Signals the group, then waits until `deadline` for it to empty.
-    fn signal_and_wait(&self, pgid: u32, signal: Signal, deadline: Instant) -> Result<bool, BackendError> {
+    fn signal_and_wait(
+        &self,
+        pgid: u32,
+        signal: Signal,
+        deadline: Instant,
+    ) -> Result<bool, BackendError> {
         signal_group(pgid, signal)?;
         loop {
             self.reap();
@@ -265,7 +310,11 @@ impl Backend for LocalBackend {
             }
         };
         let workdir = spec.workdir.canonicalize().map_err(|e| {
-            refused(format!("job {}: working directory {}: {e}", spec.job_id, spec.workdir.display()))
+            refused(format!(
+                "job {}: working directory {}: {e}",
+                spec.job_id,
+                spec.workdir.display()
+            ))
         })?;
         // A workdir used before must not answer for the new job.
         for stale in [EXIT_FILE, CANCELLED_FILE, "exit.tmp"] {
@@ -282,7 +331,9 @@ impl Backend for LocalBackend {
             .append(true)
             .open(&log_path)
             .map_err(|e| unavailable(format!("opening {}: {e}", log_path.display())))?;
-        let log_err = log.try_clone().map_err(|e| unavailable(format!("duplicating {}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| unavailable(format!("duplicating {}: {e}", log_path.display())))?;
 
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
@@ -301,7 +352,12 @@ impl Backend for LocalBackend {
         }
         // After the job's own environment: a job never sees GPUs it was not given.
         cmd.env("CUDA_VISIBLE_DEVICES", join_indices(&gpus));
-        let child = cmd.spawn().map_err(|e| unavailable(format!("job {}: starting /bin/sh for {program}: {e}", spec.job_id)))?;
+        let child = cmd.spawn().map_err(|e| {
+            unavailable(format!(
+                "job {}: starting /bin/sh for {program}: {e}",
+                spec.job_id
+            ))
+        })?;
         let pid = child.id();
         // The child is not reaped yet, so its /proc entry is there even if it already ended.
         let stat = read_stat(pid);
@@ -309,9 +365,17 @@ impl Backend for LocalBackend {
             children.push(child);
         }
         let Some(stat) = stat else {
-            return Err(unavailable(format!("job {}: cannot read /proc/{pid}/stat of its process", spec.job_id)));
+            return Err(unavailable(format!(
+                "job {}: cannot read /proc/{pid}/stat of its process",
+                spec.job_id
+            )));
         };
-        let handle = LocalHandle { pid, start_time: stat.start_time, gpus, workdir };
+        let handle = LocalHandle {
+            pid,
+            start_time: stat.start_time,
+            gpus,
+            workdir,
+        };
         tracing::debug!(job = %spec.job_id, pid, "local job started");
         Ok(handle.encode())
     }
@@ -319,26 +383,36 @@ impl Backend for LocalBackend {
     fn poll(&self, handle: &str) -> Result<Observed, BackendError> {
         self.reap();
         let Some(h) = LocalHandle::parse(handle) else {
-            return Ok(Observed::Lost { reason: format!("not a local handle: {handle:?}") });
+            return Ok(Observed::Lost {
+                reason: format!("not a local handle: {handle:?}"),
+            });
         };
         if h.file(CANCELLED_FILE).exists() {
             return Ok(Observed::Cancelled);
         }
         if let Some(code) = read_exit_file(&h.file(EXIT_FILE)) {
-            return Ok(code.map(observed_from_status).unwrap_or_else(|reason| Observed::Lost { reason }));
+            return Ok(code
+                .map(observed_from_status)
+                .unwrap_or_else(|reason| Observed::Lost { reason }));
         }
         if job_process_alive(&h) {
             return Ok(Observed::Running { gpus: Some(h.gpus) });
         }
         // It may have written its file and ended between the two looks.
         if let Some(code) = read_exit_file(&h.file(EXIT_FILE)) {
-            return Ok(code.map(observed_from_status).unwrap_or_else(|reason| Observed::Lost { reason }));
+            return Ok(code
+                .map(observed_from_status)
+                .unwrap_or_else(|reason| Observed::Lost { reason }));
         }
         if let Some(signal) = self.reaped_status(h.pid).and_then(|s| s.signal()) {
             return Ok(Observed::Signalled { signal });
         }
         Ok(Observed::Lost {
-            reason: format!("process {} is gone and left no {}", h.pid, h.file(EXIT_FILE).display()),
+            reason: format!(
+                "process {} is gone and left no {}",
+                h.pid,
+                h.file(EXIT_FILE).display()
+            ),
         })
     }
 
@@ -360,10 +434,15 @@ impl Backend for LocalBackend {
             return Ok(());
         }
         let marker = h.file(CANCELLED_FILE);
-        fs::write(&marker, b"").map_err(|e| unavailable(format!("writing {}: {e}", marker.display())))?;
+        fs::write(&marker, b"")
+            .map_err(|e| unavailable(format!("writing {}: {e}", marker.display())))?;
         if !self.signal_and_wait(h.pid, Signal::TERM, Instant::now() + self.cancel_grace)? {
             tracing::info!(pid = h.pid, grace = ?self.cancel_grace, "local job ignored SIGTERM: SIGKILL");
-            if !self.signal_and_wait(h.pid, Signal::KILL, Instant::now() + Duration::from_secs(5))? {
+            if !self.signal_and_wait(
+                h.pid,
+                Signal::KILL,
+                Instant::now() + Duration::from_secs(5),
+            )? {
                 return Err(unavailable(format!(
                     "process group {} still has processes after SIGKILL: {:?}",
                     h.pid,
@@ -381,25 +460,50 @@ mod tests {
 
     #[test]
     fn handle_round_trips_with_colons_in_the_workdir() {
-        let h = LocalHandle { pid: 42, start_time: 123456, gpus: vec![0, 3], workdir: PathBuf::from("/tmp/a:b/c") };
+        let h = LocalHandle {
+            pid: 42,
+            start_time: 123456,
+            gpus: vec![0, 3],
+            workdir: PathBuf::from("/tmp/a:b/c"),
+        };
         let text = h.encode();
         assert_eq!(text, "local:42:123456:0,3:/tmp/a:b/c");
         assert_eq!(LocalHandle::parse(&text), Some(h));
-        let none = LocalHandle { pid: 7, start_time: 1, gpus: vec![], workdir: PathBuf::from("/w") };
+        let none = LocalHandle {
+            pid: 7,
+            start_time: 1,
+            gpus: vec![],
+            workdir: PathBuf::from("/w"),
+        };
         assert_eq!(LocalHandle::parse(&none.encode()), Some(none));
     }
 
     #[test]
     fn malformed_handles_are_rejected() {
-        for bad in ["", "slurm:12", "local:x:1::/w", "local:1:1:a:/w", "local:1:1::relative", "local:0:1::/w"] {
+        for bad in [
+            "",
+            "slurm:12",
+            "local:x:1::/w",
+            "local:1:1:a:/w",
+            "local:1:1::relative",
+            "local:0:1::/w",
+        ] {
             assert_eq!(LocalHandle::parse(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {
-        let text = "1234 (a b) c)) S 1 777 777 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 100";
-        assert_eq!(parse_stat(text), Some(ProcStat { state: 'S', pgrp: 777, start_time: 98765 }));
+        let text =
+            "1234 (a b) c)) S 1 777 777 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 100";
+        assert_eq!(
+            parse_stat(text),
+            Some(ProcStat {
+                state: 'S',
+                pgrp: 777,
+                start_time: 98765
+            })
+        );
         assert_eq!(parse_stat("1 (x) S 1"), None);
     }
 
@@ -409,7 +513,10 @@ mod tests {
         assert_eq!(observed_from_status(3), Observed::Exited { code: 3 });
         assert_eq!(observed_from_status(128), Observed::Exited { code: 128 });
         assert_eq!(observed_from_status(137), Observed::Signalled { signal: 9 });
-        assert_eq!(observed_from_status(143), Observed::Signalled { signal: 15 });
+        assert_eq!(
+            observed_from_status(143),
+            Observed::Signalled { signal: 15 }
+        );
         assert_eq!(observed_from_status(255), Observed::Exited { code: 255 });
     }
 }

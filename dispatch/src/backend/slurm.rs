@@ -84,21 +84,29 @@ pub struct SlurmBackend {
 }
 
 impl SlurmBackend {
+    /// A backend that runs the tools `config` names; nothing is contacted until the first call.
     pub fn new(config: SlurmConfig) -> Self {
         Self { config }
     }
 
+    /// The tools and partition this backend uses.
     pub fn config(&self) -> &SlurmConfig {
         &self.config
     }
 }
 
 fn unavailable(detail: String) -> BackendError {
-    BackendError::Unavailable { backend: NAME, detail }
+    BackendError::Unavailable {
+        backend: NAME,
+        detail,
+    }
 }
 
 fn refused(detail: String) -> BackendError {
-    BackendError::Refused { backend: NAME, detail }
+    BackendError::Refused {
+        backend: NAME,
+        detail,
+    }
 }
 
 /// Runs a tool; `Err` only when it could not be started.
@@ -113,7 +121,11 @@ fn run(tool: &Path, args: &[&OsStr]) -> Result<Output, BackendError> {
 fn describe(tool: &Path, out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let text = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
+    let text = if stderr.trim().is_empty() {
+        stdout.trim()
+    } else {
+        stderr.trim()
+    };
     format!("{} failed ({}): {text}", tool.display(), out.status)
 }
 
@@ -139,17 +151,28 @@ fn shell_quote(s: &str) -> String {
 
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A value for an `#SBATCH` line: sbatch splits those lines on blanks and honours double
 /// quotes; `%` starts one of its file-name patterns. Values that need more are refused.
 fn sbatch_value(what: &str, value: &str) -> Result<String, BackendError> {
-    if value.chars().any(|c| c.is_control() || matches!(c, '"' | '\\' | '%')) {
-        return Err(refused(format!("{what} {value:?} holds a character an #SBATCH line cannot carry")));
+    if value
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '"' | '\\' | '%'))
+    {
+        return Err(refused(format!(
+            "{what} {value:?} holds a character an #SBATCH line cannot carry"
+        )));
     }
-    Ok(if value.contains(char::is_whitespace) { format!("\"{value}\"") } else { value.to_string() })
+    Ok(if value.contains(char::is_whitespace) {
+        format!("\"{value}\"")
+    } else {
+        value.to_string()
+    })
 }
 
 /// Whole minutes, rounded up, at least one (Slurm's `--time=0` means no limit).
@@ -159,20 +182,31 @@ fn time_minutes(limit: Duration) -> u64 {
 }
 
 /// The batch script for `spec`, whose working directory is `workdir` (absolute).
-fn batch_script(spec: &JobSpec, workdir: &Path, partition: Option<&str>) -> Result<String, BackendError> {
+fn batch_script(
+    spec: &JobSpec,
+    workdir: &Path,
+    partition: Option<&str>,
+) -> Result<String, BackendError> {
     if spec.command.is_empty() {
         return Err(refused(format!("job {}: empty command", spec.job_id)));
     }
-    let workdir_text = workdir
-        .to_str()
-        .ok_or_else(|| refused(format!("job {}: working directory {} is not UTF-8", spec.job_id, workdir.display())))?;
+    let workdir_text = workdir.to_str().ok_or_else(|| {
+        refused(format!(
+            "job {}: working directory {} is not UTF-8",
+            spec.job_id,
+            workdir.display()
+        ))
+    })?;
     let mut s = String::from("#!/bin/sh\n");
     let mut opt = |line: String| {
         s.push_str("#SBATCH ");
         s.push_str(&line);
         s.push('\n');
     };
-    opt(format!("--job-name={}", sbatch_value("job id", &format!("loopline-{}", spec.job_id))?));
+    opt(format!(
+        "--job-name={}",
+        sbatch_value("job id", &format!("loopline-{}", spec.job_id))?
+    ));
     if let Some(p) = partition {
         opt(format!("--partition={}", sbatch_value("partition", p)?));
     }
@@ -180,11 +214,20 @@ fn batch_script(spec: &JobSpec, workdir: &Path, partition: Option<&str>) -> Resu
         opt(format!("--gres=gpu:{}", spec.gpus));
     }
     opt(format!("--time={}", time_minutes(spec.time_limit)));
-    opt(format!("--output={}", sbatch_value("working directory", &format!("{workdir_text}/{LOG_FILE}"))?));
-    opt(format!("--chdir={}", sbatch_value("working directory", workdir_text)?));
+    opt(format!(
+        "--output={}",
+        sbatch_value("working directory", &format!("{workdir_text}/{LOG_FILE}"))?
+    ));
+    opt(format!(
+        "--chdir={}",
+        sbatch_value("working directory", workdir_text)?
+    ));
     for (key, value) in &spec.env {
         if !valid_env_name(key) {
-            return Err(refused(format!("job {}: {key:?} is not an environment variable name", spec.job_id)));
+            return Err(refused(format!(
+                "job {}: {key:?} is not an environment variable name",
+                spec.job_id
+            )));
         }
         s.push_str(&format!("export {key}={}\n", shell_quote(value)));
     }
@@ -202,7 +245,8 @@ fn batch_script(spec: &JobSpec, workdir: &Path, partition: Option<&str>) -> Resu
 
 /// The value of the first `key=` field of a `scontrol -o` line.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|token| token.strip_prefix(key)?.strip_prefix('='))
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The GPU indices in `GRES=gpu:2(IDX:0-1)` / `GRES=gpu(IDX:0,2)` detail fields.
@@ -210,13 +254,17 @@ fn gres_indices(line: &str) -> Option<Vec<u32>> {
     let mut out = Vec::new();
     let mut found = false;
     for token in line.split_whitespace() {
-        let Some(gres) = token.strip_prefix("GRES=") else { continue };
+        let Some(gres) = token.strip_prefix("GRES=") else {
+            continue;
+        };
         for item in gres.split_inclusive(')') {
             let item = item.trim_start_matches(',');
             if !item.starts_with("gpu") {
                 continue;
             }
-            let Some(idx) = item.split("IDX:").nth(1) else { continue };
+            let Some(idx) = item.split("IDX:").nth(1) else {
+                continue;
+            };
             let idx = idx.trim_end_matches(')');
             found = true;
             for part in idx.split(',').filter(|p| !p.is_empty()) {
@@ -238,30 +286,43 @@ fn exit_code(text: &str) -> Option<(i32, i32)> {
 
 /// What a job state (with its reason, exit code and GPUs) means; a pure function of
 /// `scontrol`'s fields.
-fn observe(state: &str, reason: &str, exit: Option<(i32, i32)>, gpus: Option<Vec<u32>>) -> Observed {
+fn observe(
+    state: &str,
+    reason: &str,
+    exit: Option<(i32, i32)>,
+    gpus: Option<Vec<u32>>,
+) -> Observed {
     // States may carry flags after a `+` (e.g. `CANCELLED+`); the base state decides.
     let base = state.split('+').next().unwrap_or(state);
     let ended = |what: &str| match exit {
         Some((_, signal)) if signal != 0 => Observed::Signalled { signal },
         Some((code, _)) if code != 0 || what == "COMPLETED" => Observed::Exited { code },
-        _ => Observed::Lost { reason: format!("job {what} without an exit status (reason {reason})") },
+        _ => Observed::Lost {
+            reason: format!("job {what} without an exit status (reason {reason})"),
+        },
     };
     match base {
         "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD" => {
-            Observed::Pending { reason: reason.to_string() }
+            Observed::Pending {
+                reason: reason.to_string(),
+            }
         }
-        "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED" | "STOPPED" | "RESIZING" | "SIGNALING"
-        | "STAGE_OUT" => Observed::Running { gpus },
+        "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED" | "STOPPED" | "RESIZING"
+        | "SIGNALING" | "STAGE_OUT" => Observed::Running { gpus },
         "COMPLETED" | "FAILED" => ended(base),
         "CANCELLED" => Observed::Cancelled,
         "TIMEOUT" | "DEADLINE" => Observed::TimedOut,
         // The kernel's OOM killer ends a job with SIGKILL.
         "OUT_OF_MEMORY" => Observed::Signalled { signal: 9 },
         "NODE_FAIL" | "BOOT_FAIL" | "PREEMPTED" | "LAUNCH_FAILED" | "SPECIAL_EXIT" | "REVOKED" => {
-            Observed::Lost { reason: format!("job state {state} (reason {reason})") }
+            Observed::Lost {
+                reason: format!("job state {state} (reason {reason})"),
+            }
         }
         // A state this code does not know: not ended as far as it can tell.
-        other => Observed::Pending { reason: format!("{other} ({reason})") },
+        other => Observed::Pending {
+            reason: format!("{other} ({reason})"),
+        },
     }
 }
 
@@ -278,7 +339,10 @@ fn invalid_job_id(out: &Output) -> bool {
 }
 
 fn parse_job_id(handle: &str) -> Result<u64, BackendError> {
-    handle.trim().parse().map_err(|_| refused(format!("not a Slurm job id: {handle:?}")))
+    handle
+        .trim()
+        .parse()
+        .map_err(|_| refused(format!("not a Slurm job id: {handle:?}")))
 }
 
 impl SlurmBackend {
@@ -286,16 +350,24 @@ impl SlurmBackend {
     fn poll_squeue(&self, id: u64) -> Result<Observed, BackendError> {
         let tool = &self.config.squeue;
         let id_text = id.to_string();
-        let out = run(tool, &["-h", "-t", "all", "-j", &id_text, "-o", "%T|%r"].map(OsStr::new))?;
+        let out = run(
+            tool,
+            &["-h", "-t", "all", "-j", &id_text, "-o", "%T|%r"].map(OsStr::new),
+        )?;
         if !out.status.success() {
             if invalid_job_id(&out) {
-                return Ok(Observed::Lost { reason: format!("Slurm does not know job {id}") });
+                return Ok(Observed::Lost {
+                    reason: format!("Slurm does not know job {id}"),
+                });
             }
             return Err(unavailable(describe(tool, &out)));
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        let Some((state, reason)) = text.lines().next().and_then(|l| l.trim().split_once('|')) else {
-            return Ok(Observed::Lost { reason: format!("squeue does not list job {id}") });
+        let Some((state, reason)) = text.lines().next().and_then(|l| l.trim().split_once('|'))
+        else {
+            return Ok(Observed::Lost {
+                reason: format!("squeue does not list job {id}"),
+            });
         };
         // squeue shows no exit code: a finished job's outcome is only known for success.
         let exit = (state == "COMPLETED").then_some((0, 0));
@@ -310,29 +382,46 @@ impl Backend for SlurmBackend {
 
     fn submit(&self, spec: &JobSpec) -> Result<Handle, BackendError> {
         let workdir = spec.workdir.canonicalize().map_err(|e| {
-            refused(format!("job {}: working directory {}: {e}", spec.job_id, spec.workdir.display()))
+            refused(format!(
+                "job {}: working directory {}: {e}",
+                spec.job_id,
+                spec.workdir.display()
+            ))
         })?;
         let script = batch_script(spec, &workdir, self.config.partition.as_deref())?;
         let path = workdir.join(SCRIPT_FILE);
-        fs::write(&path, script).map_err(|e| unavailable(format!("writing {}: {e}", path.display())))?;
+        fs::write(&path, script)
+            .map_err(|e| unavailable(format!("writing {}: {e}", path.display())))?;
         let tool = &self.config.sbatch;
         let out = run(tool, &[OsStr::new("--parsable"), path.as_os_str()])?;
         if !out.status.success() {
             let detail = describe(tool, &out);
-            return Err(if REFUSALS.iter().any(|r| detail.contains(r)) { refused(detail) } else { unavailable(detail) });
+            return Err(if REFUSALS.iter().any(|r| detail.contains(r)) {
+                refused(detail)
+            } else {
+                unavailable(detail)
+            });
         }
         // `<id>` or `<id>;<cluster>`.
         let text = String::from_utf8_lossy(&out.stdout);
         let id = text.trim().split(';').next().unwrap_or("");
-        id.parse::<u64>()
-            .map(|id| id.to_string())
-            .map_err(|_| unavailable(format!("{} printed no job id: {:?}", tool.display(), text.trim())))
+        id.parse::<u64>().map(|id| id.to_string()).map_err(|_| {
+            unavailable(format!(
+                "{} printed no job id: {:?}",
+                tool.display(),
+                text.trim()
+            ))
+        })
     }
 
     fn poll(&self, handle: &str) -> Result<Observed, BackendError> {
         let id = match parse_job_id(handle) {
             Ok(id) => id,
-            Err(_) => return Ok(Observed::Lost { reason: format!("not a Slurm job id: {handle:?}") }),
+            Err(_) => {
+                return Ok(Observed::Lost {
+                    reason: format!("not a Slurm job id: {handle:?}"),
+                });
+            }
         };
         let tool = &self.config.scontrol;
         let id_text = id.to_string();
@@ -343,10 +432,13 @@ impl Backend for SlurmBackend {
                 return Ok(observed);
             }
         } else if invalid_job_id(&out) {
-            return Ok(Observed::Lost { reason: format!("Slurm does not know job {id}") });
+            return Ok(Observed::Lost {
+                reason: format!("Slurm does not know job {id}"),
+            });
         }
         let first = describe(tool, &out);
-        self.poll_squeue(id).map_err(|e| unavailable(format!("{first}; then {e}")))
+        self.poll_squeue(id)
+            .map_err(|e| unavailable(format!("{first}; then {e}")))
     }
 
     fn cancel(&self, handle: &str) -> Result<(), BackendError> {
@@ -355,7 +447,10 @@ impl Backend for SlurmBackend {
         let out = run(tool, &[OsStr::new(&id.to_string())])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         // scancel reports a finished job on stderr, with or without a failing status.
-        if out.status.success() || stderr.contains("already completing or completed") || invalid_job_id(&out) {
+        if out.status.success()
+            || stderr.contains("already completing or completed")
+            || invalid_job_id(&out)
+        {
             return Ok(());
         }
         Err(unavailable(describe(tool, &out)))
@@ -402,22 +497,37 @@ mod tests {
         let script = batch_script(&s, Path::new("/w"), None).unwrap();
         assert!(!script.contains("--gres"), "{script}");
         assert!(!script.contains("--partition"), "{script}");
-        assert!(script.contains("export CUDA_VISIBLE_DEVICES=''\n"), "{script}");
+        assert!(
+            script.contains("export CUDA_VISIBLE_DEVICES=''\n"),
+            "{script}"
+        );
     }
 
     #[test]
     fn scripts_that_cannot_be_written_safely_are_refused() {
         let mut s = spec();
         s.env = vec![("BAD NAME".into(), "x".into())];
-        assert!(matches!(batch_script(&s, Path::new("/w"), None), Err(BackendError::Refused { .. })));
+        assert!(matches!(
+            batch_script(&s, Path::new("/w"), None),
+            Err(BackendError::Refused { .. })
+        ));
         let s = spec();
-        assert!(matches!(batch_script(&s, Path::new("/w/100%"), None), Err(BackendError::Refused { .. })));
+        assert!(matches!(
+            batch_script(&s, Path::new("/w/100%"), None),
+            Err(BackendError::Refused { .. })
+        ));
         let mut s = spec();
         s.job_id = "a\nb".into();
-        assert!(matches!(batch_script(&s, Path::new("/w"), None), Err(BackendError::Refused { .. })));
+        assert!(matches!(
+            batch_script(&s, Path::new("/w"), None),
+            Err(BackendError::Refused { .. })
+        ));
         let mut s = spec();
         s.command.clear();
-        assert!(matches!(batch_script(&s, Path::new("/w"), None), Err(BackendError::Refused { .. })));
+        assert!(matches!(
+            batch_script(&s, Path::new("/w"), None),
+            Err(BackendError::Refused { .. })
+        ));
     }
 
     #[test]
@@ -435,28 +545,61 @@ mod tests {
         let line = "JobId=4 JobState=RUNNING JOB_GRES=gpu:2   Nodes=vm CPU_IDs=0 Mem=0 GRES=gpu:2(IDX:0-1) MinCPUsNode=1";
         assert_eq!(gres_indices(line), Some(vec![0, 1]));
         assert_eq!(gres_indices("Nodes=vm GRES=gpu:1(IDX:2)"), Some(vec![2]));
-        assert_eq!(gres_indices("Nodes=vm GRES=gpu(IDX:0,2-3)"), Some(vec![0, 2, 3]));
-        assert_eq!(gres_indices("Nodes=vm GRES=mps:100(0),gpu:1(IDX:3)"), Some(vec![3]));
+        assert_eq!(
+            gres_indices("Nodes=vm GRES=gpu(IDX:0,2-3)"),
+            Some(vec![0, 2, 3])
+        );
+        assert_eq!(
+            gres_indices("Nodes=vm GRES=mps:100(0),gpu:1(IDX:3)"),
+            Some(vec![3])
+        );
         assert_eq!(gres_indices("JobId=4 JobState=PENDING"), None);
     }
 
     #[test]
     fn scontrol_lines_map_to_observations() {
         let line = |state: &str, reason: &str, exit: &str| {
-            format!("JobId=7 JobName=loopline-j UserId=root(0) JobState={state} Reason={reason} Dependency=(null) ExitCode={exit} DerivedExitCode=0:0")
+            format!(
+                "JobId=7 JobName=loopline-j UserId=root(0) JobState={state} Reason={reason} Dependency=(null) ExitCode={exit} DerivedExitCode=0:0"
+            )
         };
         let o = |s, r, e| observe_scontrol(&line(s, r, e)).unwrap();
-        assert_eq!(o("PENDING", "Resources", "0:0"), Observed::Pending { reason: "Resources".into() });
-        assert_eq!(o("RUNNING", "None", "0:0"), Observed::Running { gpus: None });
+        assert_eq!(
+            o("PENDING", "Resources", "0:0"),
+            Observed::Pending {
+                reason: "Resources".into()
+            }
+        );
+        assert_eq!(
+            o("RUNNING", "None", "0:0"),
+            Observed::Running { gpus: None }
+        );
         assert_eq!(o("COMPLETED", "None", "0:0"), Observed::Exited { code: 0 });
-        assert_eq!(o("FAILED", "NonZeroExitCode", "3:0"), Observed::Exited { code: 3 });
-        assert_eq!(o("FAILED", "NonZeroExitCode", "0:9"), Observed::Signalled { signal: 9 });
+        assert_eq!(
+            o("FAILED", "NonZeroExitCode", "3:0"),
+            Observed::Exited { code: 3 }
+        );
+        assert_eq!(
+            o("FAILED", "NonZeroExitCode", "0:9"),
+            Observed::Signalled { signal: 9 }
+        );
         assert_eq!(o("CANCELLED", "None", "0:15"), Observed::Cancelled);
         assert_eq!(o("TIMEOUT", "TimeLimit", "0:15"), Observed::TimedOut);
-        assert!(matches!(o("NODE_FAIL", "NodeDown", "0:0"), Observed::Lost { .. }));
-        assert!(matches!(o("FAILED", "JobLaunchFailure", "0:0"), Observed::Lost { .. }));
+        assert!(matches!(
+            o("NODE_FAIL", "NodeDown", "0:0"),
+            Observed::Lost { .. }
+        ));
+        assert!(matches!(
+            o("FAILED", "JobLaunchFailure", "0:0"),
+            Observed::Lost { .. }
+        ));
         assert_eq!(observe_scontrol("slurm_load_jobs error"), None);
         let running = "JobId=4 JobState=RUNNING Reason=None ExitCode=0:0 Nodes=vm CPU_IDs=0 Mem=0 GRES=gpu:1(IDX:2)";
-        assert_eq!(observe_scontrol(running), Some(Observed::Running { gpus: Some(vec![2]) }));
+        assert_eq!(
+            observe_scontrol(running),
+            Some(Observed::Running {
+                gpus: Some(vec![2])
+            })
+        );
     }
 }
