@@ -2,6 +2,8 @@
 //! cancellation of a whole process tree, and a second backend instance (a restarted dispatch)
 //! finding jobs the first one started.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -2,6 +2,8 @@
 //! this machine (one node, 4 GPUs). Without a cluster these tests say why and pass, unless
 //! `LOOPLINE_REQUIRE_SLURM=1` (CI), where they fail.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;

@@ -84,10 +84,12 @@ pub struct SlurmBackend {
 }
 
 impl SlurmBackend {
+    /// A backend that runs the tools `config` names; nothing is contacted until the first call.
     pub fn new(config: SlurmConfig) -> Self {
         Self { config }
     }
 
+    /// The tools and partition this backend uses.
     pub fn config(&self) -> &SlurmConfig {
         &self.config
     }
