@@ -26,6 +26,8 @@
 //!   particular order).
 //! - Every phase change is recorded with its time and reason ([`Rollout::transitions`]): that
 //!   is dispatch's timeline of the rollout.
+//! - A [`Rollout`] serialises (serde), so dispatch can keep it with the job and resume it
+//!   after a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -34,9 +36,10 @@ use loopline_proto::Message;
 use loopline_proto::topic::{self, Kind, TopicError};
 use loopline_proto::v1::{DeviceId, ModelRelease, ModelReport};
 use rumqttc::{AsyncClient, QoS};
+use serde::{Deserialize, Serialize};
 
 /// How a rollout judges and how long it waits.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RolloutPolicy {
     /// How long the canary has to report that it runs the new version.
     pub canary_deadline: Duration,
@@ -79,7 +82,7 @@ impl Default for RolloutPolicy {
 }
 
 /// Where a rollout is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// The release went to the canary's own topic; waiting for it to run it.
     Canary,
@@ -110,7 +113,7 @@ impl Phase {
 }
 
 /// What the caller must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// Publish the release of `version` (retained) on `device`'s own model topic.
     PublishToDevice {
@@ -139,7 +142,7 @@ pub enum Action {
 }
 
 /// One phase change, for the timeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
     /// The phase entered.
     pub phase: Phase,
@@ -151,7 +154,7 @@ pub struct Transition {
 
 /// What one device scored over a period: windows, how many it flagged, and its p95
 /// inference latency.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceWindowStats {
     /// Windows scored.
     pub windows: u64,
@@ -173,7 +176,7 @@ impl DeviceWindowStats {
 }
 
 /// The canary against the baseline.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Verdict {
     Worse(String),
     NotWorse(String),
@@ -181,7 +184,7 @@ enum Verdict {
 }
 
 /// The rollout of one version to one line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rollout {
     line: String,
     version: String,
@@ -912,6 +915,22 @@ mod tests {
         assert_eq!(
             r.transitions().last().unwrap().reason,
             "0 of 2 other devices confirmed v2 within 300s; no report from d3; refused by d2 (no key)"
+        );
+    }
+
+    #[test]
+    fn a_rollout_resumes_from_its_saved_state() {
+        let mut r = on_probation(0);
+        r.observe_stats(stats(200, 2, 1_000), &[stats(300, 3, 1_000)], MIN);
+        let saved = serde_json::to_string(&r).unwrap();
+        let mut resumed: Rollout = serde_json::from_str(&saved).unwrap();
+        assert_eq!(resumed.transitions(), r.transitions());
+        assert_eq!(resumed.deadline_us(), Some(10 * MIN));
+        assert_eq!(
+            resumed.tick(10 * MIN),
+            [Action::PublishToLine {
+                version: "v2".into()
+            }]
         );
     }
 
