@@ -501,7 +501,7 @@ fn time_ticks(t_max: f64) -> Vec<f64> {
 /// `10^k` as people write it on an axis.
 fn decade_label(k: i32) -> String {
     match k {
-        k if k < -3 || k > 5 => format!("1e{k}"),
+        k if !(-3..=5).contains(&k) => format!("1e{k}"),
         k if k < 0 => format!("0.{}1", "0".repeat((-k - 1) as usize)),
         k => format!("1{}", "0".repeat(k as usize)),
     }
