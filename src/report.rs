@@ -612,16 +612,28 @@ fn legend(svg: &mut String, items: &[(String, String, Mark)], left: f64, top: f6
     y - top + 10.0
 }
 
+/// Where a marker's label lies, `(start, end)` in pixels: right of its line, or left of it
+/// when it would run past the plot's right edge.
+fn marker_label_span(marker: &Marker, x: &Scale) -> (f64, f64) {
+    let px = x.at(marker.t_s);
+    let width = marker.label.chars().count() as f64 * CHAR_W;
+    if px + 2.0 + width > WIDTH - 2.0 {
+        (px - 2.0 - width, px - 2.0)
+    } else {
+        (px + 2.0, px + 2.0 + width)
+    }
+}
+
 /// Row (0 = nearest the plot) of each marker's label, so that labels never overlap.
 fn marker_rows(markers: &[Marker], x: &Scale) -> Vec<usize> {
+    let spans: Vec<(f64, f64)> = markers.iter().map(|m| marker_label_span(m, x)).collect();
     let mut order: Vec<usize> = (0..markers.len()).collect();
-    order.sort_by(|&a, &b| markers[a].t_s.total_cmp(&markers[b].t_s));
+    order.sort_by(|&a, &b| spans[a].0.total_cmp(&spans[b].0));
     let mut row_end: Vec<f64> = Vec::new();
     let mut rows = vec![0; markers.len()];
     for i in order {
-        let start = x.at(markers[i].t_s) + 2.0;
-        let end = start + markers[i].label.chars().count() as f64 * CHAR_W + 8.0;
-        let row = match row_end.iter().position(|&e| e <= start) {
+        let (start, end) = spans[i];
+        let row = match row_end.iter().position(|&e| e + 8.0 <= start) {
             Some(r) => r,
             None => {
                 row_end.push(f64::NEG_INFINITY);
@@ -644,14 +656,15 @@ fn draw_markers(svg: &mut String, markers: &[Marker], x: &Scale, top: f64, botto
         let px = x.at(marker.t_s);
         let colour = kind_colour(&marker.kind);
         let label_y = top - 4.0 - row as f64 * LABEL_ROW;
+        let (label_x, _) = marker_label_span(marker, x);
         svg.push_str(&format!(
-            "<g class=\"marker\"><title>{} · {} · {}</title><line x1=\"{p}\" y1=\"{}\" x2=\"{p}\" y2=\"{}\" stroke=\"{colour}\" stroke-width=\"1.2\"/><text x=\"{}\" y=\"{}\" fill=\"{colour}\">{}</text></g>",
+            "<g class=\"marker\"><title>{} · {} · {}</title><line x1=\"{p}\" y1=\"{}\" x2=\"{p}\" y2=\"{}\" stroke=\"{colour}\" stroke-width=\"1.2\"/><text class=\"marker-label\" x=\"{}\" y=\"{}\" fill=\"{colour}\">{}</text></g>",
             clock(marker.t_s),
             escape(&marker.kind),
             escape(&marker.label),
             n(label_y + 3.0),
             n(bottom),
-            n(px + 2.0),
+            n(label_x),
             n(label_y),
             escape(&marker.label),
             p = n(px),
@@ -715,7 +728,7 @@ fn score_domain(line: &LineReport) -> (f64, f64) {
 
 fn score_plot(line: &LineReport, ctx: &Ctx) -> String {
     const PANEL: f64 = 112.0;
-    const GAP: f64 = 10.0;
+    const GAP: f64 = 18.0;
     let x = ctx.x(LEFT);
     let mut svg = String::new();
 
@@ -1298,6 +1311,7 @@ svg.plot text { font: 11px system-ui, -apple-system, "Segoe UI", Roboto, sans-se
 svg.plot text:not([fill]) { fill: #333; }
 svg.plot .title { fill: #555; font-style: italic; }
 svg.plot .panel-label, svg.plot .lane-line { font-weight: 700; }
+svg.plot .panel-label, svg.plot .marker-label, svg.plot .phase-label { paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
 svg.plot .phase-label { font-weight: 600; fill: #263238; }
 svg.plot .seg-label { fill: #111; font-weight: 600; }
 svg.plot .bar-label { fill: #fff; font-weight: 600; }
@@ -1608,6 +1622,25 @@ mod tests {
         assert_eq!(decade_label(3), "1000");
         assert_eq!(clock(3725.0), "1:02:05");
         assert_eq!(clock(65.4), "1:05");
+    }
+
+    #[test]
+    fn marker_labels_take_separate_rows_and_stay_inside_the_plot() {
+        let x = Scale::linear(0.0, 100.0, LEFT, WIDTH - RIGHT);
+        let marker = |t: f64, label: &str| Marker {
+            t_s: t,
+            label: label.to_owned(),
+            kind: "job".to_owned(),
+        };
+        let markers = vec![
+            marker(10.0, "a long first label"),
+            marker(11.0, "second"),
+            marker(60.0, "far away"),
+            marker(100.0, "at the very end"),
+        ];
+        assert_eq!(marker_rows(&markers, &x), vec![0, 1, 0, 0]);
+        let (start, end) = marker_label_span(&markers[3], &x);
+        assert!(end <= WIDTH && start < x.at(100.0), "{start}..{end}");
     }
 
     #[test]
