@@ -9,3 +9,4 @@
 //! End-to-end tests of the real binaries live in `tests/`.
 
 pub mod demo;
+pub mod report;
