@@ -12,3 +12,6 @@
 //! ```
 
 pub mod backend;
+pub mod drift;
+pub mod lake;
+pub mod triggers;
