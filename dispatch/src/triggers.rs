@@ -222,6 +222,13 @@ pub struct TriggerConfig {
     pub context_channels: Vec<String>,
     /// Relative difference of the speed setpoint that counts as a change of context.
     pub setpoint_tolerance: f64,
+    /// After a change of context, windows starting within this time of it are the machine
+    /// settling at its new operating point: they are not compared with the reference.
+    #[serde(with = "loopline_common::duration")]
+    pub context_settle: Duration,
+    /// After a change of context, drift is measured on the settled windows of the new context
+    /// alone, once there are this many.
+    pub min_windows_after_change: usize,
     /// A sensor is stuck when its std is at most this times `max(|mean|, 1)`.
     pub stuck_relative_std: f64,
     /// Consecutive windows a sensor must be flat to be called stuck.
@@ -269,6 +276,8 @@ impl Default for TriggerConfig {
             feature_drift_alone: false,
             context_channels: vec!["recipe".into(), "speed_setpoint".into()],
             setpoint_tolerance: 0.02,
+            context_settle: Duration::from_secs(8),
+            min_windows_after_change: 9,
             stuck_relative_std: 1e-6,
             stuck_windows: 3,
             bad_quality_share: 0.5,
@@ -474,6 +483,10 @@ pub struct TriggerEvaluator {
     first_evaluation_us: Option<i64>,
     latest_end_us: Option<i64>,
     last_context: Option<OperatingContext>,
+    /// Per device, the context of its previous window.
+    device_context: BTreeMap<String, OperatingContext>,
+    /// Start of the latest window whose context differed from its device's previous one.
+    last_transition_us: Option<i64>,
     first_start_us: Option<i64>,
     manual: Option<String>,
 }
@@ -501,6 +514,8 @@ impl TriggerEvaluator {
             first_evaluation_us: None,
             latest_end_us: None,
             last_context: None,
+            device_context: BTreeMap::new(),
+            last_transition_us: None,
             first_start_us: None,
             manual: None,
         };
@@ -842,13 +857,22 @@ impl TriggerEvaluator {
 
     /// Whether `window`'s context differs from the reference's.
     fn context_differs(&self, window: &ScoredWindow) -> bool {
-        let Some(reference) = self.context else {
-            return false;
-        };
-        let recipe_differs = matches!((reference.recipe, window.recipe),
-            (Some(a), Some(b)) if (a - b).abs() > 0.5);
-        let setpoint_differs = matches!((reference.speed_setpoint, window.speed_setpoint),
-            (Some(a), Some(b)) if (a - b).abs() > self.config.setpoint_tolerance * a.abs().max(1.0));
+        self.context.is_some_and(|reference| {
+            self.contexts_differ(
+                reference,
+                OperatingContext {
+                    recipe: window.recipe,
+                    speed_setpoint: window.speed_setpoint,
+                },
+            )
+        })
+    }
+
+    fn contexts_differ(&self, a: OperatingContext, b: OperatingContext) -> bool {
+        let recipe_differs =
+            matches!((a.recipe, b.recipe), (Some(x), Some(y)) if (x - y).abs() > 0.5);
+        let setpoint_differs = matches!((a.speed_setpoint, b.speed_setpoint),
+            (Some(x), Some(y)) if (x - y).abs() > self.config.setpoint_tolerance * x.abs().max(1.0));
         recipe_differs || setpoint_differs
     }
 
@@ -867,12 +891,26 @@ impl TriggerEvaluator {
         self.first_start_us.get_or_insert(window.window_start_us);
         self.windows_since_training += 1;
         let faulty = self.track_sensors(window);
+        let context = OperatingContext {
+            recipe: window.recipe,
+            speed_setpoint: window.speed_setpoint,
+        };
         if window.recipe.is_some() || window.speed_setpoint.is_some() {
-            self.last_context = Some(OperatingContext {
-                recipe: window.recipe,
-                speed_setpoint: window.speed_setpoint,
-            });
+            self.last_context = Some(context);
         }
+        if let Some(previous) = self.device_context.insert(window.device.clone(), context)
+            && self.contexts_differ(previous, context)
+        {
+            self.last_transition_us = Some(
+                self.last_transition_us
+                    .unwrap_or(i64::MIN)
+                    .max(window.window_start_us),
+            );
+        }
+        let settle = i64::try_from(self.config.context_settle.as_micros()).unwrap_or(i64::MAX);
+        let settling = self
+            .last_transition_us
+            .is_some_and(|t| window.window_start_us < t.saturating_add(settle));
         let same_model = match (&self.reference_version(), &window.model_version) {
             (Some(want), Some(got)) => want == got,
             _ => true,
@@ -891,7 +929,7 @@ impl TriggerEvaluator {
         } else if self.context.is_some() {
             self.context_change_us = None;
         }
-        if !same_model {
+        if !same_model || settling {
             return;
         }
         let Some(ready) = &self.ready else { return };
@@ -1057,14 +1095,27 @@ impl TriggerEvaluator {
         faulty
     }
 
+    /// The windows drift is measured on: the latest `drift_windows`, and after a change of
+    /// context only those of the new context (settled).
+    fn drift_sample(&self) -> Vec<&Kept> {
+        let since = self
+            .context_change_us
+            .and(self.last_transition_us)
+            .unwrap_or(i64::MIN);
+        let mut sample: Vec<&Kept> = self
+            .recent
+            .iter()
+            .rev()
+            .filter(|k| k.start_us >= since)
+            .take(self.config.drift_windows)
+            .collect();
+        sample.reverse();
+        sample
+    }
+
     /// Start of the data the drift is measured on.
     fn drift_span_start(&self) -> Option<i64> {
-        let n = self.recent.len().min(self.config.drift_windows);
-        self.recent
-            .iter()
-            .skip(self.recent.len() - n)
-            .map(|k| k.start_us)
-            .min()
+        self.drift_sample().iter().map(|k| k.start_us).min()
     }
 
     /// A confirmed sensor fault active now, or seen at or after `from` (if given).
@@ -1080,8 +1131,8 @@ impl TriggerEvaluator {
     }
 
     fn measure(&self, ready: &Ready) -> Measured {
-        let n = self.recent.len().min(self.config.drift_windows);
-        let current: Vec<&Kept> = self.recent.iter().skip(self.recent.len() - n).collect();
+        let current = self.drift_sample();
+        let n = current.len();
         let scores: Vec<f64> = current.iter().map(|k| k.score).collect();
         let ph = self.ph.detected();
         let (psi, excess) = self.psi_of(&ready.reference.score, &scores);
@@ -1103,13 +1154,15 @@ impl TriggerEvaluator {
                 let _ = write!(feature_text, ", {name} PSI {p:.2}");
             }
         }
-        let enough = n
-            >= self
-                .config
-                .drift_windows
-                .min(self.config.reference_windows)
-                .max(1);
-        let score_drift = enough && excess > self.config.psi_significant;
+        let enough = if self.context_change_us.is_some() {
+            n >= self.config.min_windows_after_change.max(1)
+        } else {
+            n >= self.config.drift_windows.max(1)
+        };
+        // Scores that moved down mean the model fits the new data at least as well as the old:
+        // no reason to retrain.
+        let upward = median_of(&scores).is_some_and(|m| m > ready.median);
+        let score_drift = enough && upward && excess > self.config.psi_significant;
         let drifted =
             score_drift || ph || (enough && self.config.feature_drift_alone && feature_drift);
         Measured {
@@ -1197,6 +1250,12 @@ impl TriggerEvaluator {
         }
         best.1
     }
+}
+
+fn median_of(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    drift::quantile_sorted(&sorted, 0.5)
 }
 
 /// What one evaluation measured.

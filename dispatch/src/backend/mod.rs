@@ -73,10 +73,16 @@ impl Observed {
 pub enum BackendError {
     /// The backend could not be reached or its command failed; worth trying again.
     #[error("{backend}: {detail}")]
-    Unavailable { backend: &'static str, detail: String },
+    Unavailable {
+        backend: &'static str,
+        detail: String,
+    },
     /// The backend refused the job as it is; trying again will not help.
     #[error("{backend} refused the job: {detail}")]
-    Refused { backend: &'static str, detail: String },
+    Refused {
+        backend: &'static str,
+        detail: String,
+    },
 }
 
 impl BackendError {
