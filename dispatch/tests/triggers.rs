@@ -359,3 +359,188 @@ fn a_normal_line_holds_without_alerts() {
         show(&decisions)
     );
 }
+
+/// Writes the windows and samples as ingest lays them out: Hive partitions by hour, several
+/// files per partition, and a temporary file that is not part of the lake.
+fn write_lake(lake: &std::path::Path, windows: &[SimWindow], samples: &[Sample]) {
+    use arrow_array::{
+        BooleanArray, Float32Array, Float64Array, Int16Array, Int64Array, RecordBatch, StringArray,
+        TimestampMicrosecondArray,
+    };
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    use parquet::arrow::ArrowWriter;
+
+    let ts_type = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let hour_dir = |table: &str, ts: i64| {
+        let t = chrono::DateTime::from_timestamp_micros(ts).unwrap();
+        lake.join(table)
+            .join("site=plant")
+            .join("line=l1")
+            .join(t.format("date=%Y-%m-%d").to_string())
+            .join(t.format("hour=%H").to_string())
+    };
+    let write = |dir: std::path::PathBuf, n: usize, batch: RecordBatch| {
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::File::create(dir.join(format!("part-test-{n:08}.parquet"))).unwrap();
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    };
+    // Inference in files of 10 s; `model_version` absent from the first (an older file).
+    for (n, chunk) in windows.chunks(30).enumerate() {
+        let mut fields = vec![
+            Field::new("ts", ts_type.clone(), false),
+            Field::new("window_start", ts_type.clone(), false),
+            Field::new("device", DataType::Utf8, false),
+        ];
+        let mut columns: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(chunk.iter().map(|w| w.end_us))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(chunk.iter().map(|w| w.start_us))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                chunk.iter().map(|w| &w.device),
+            )),
+        ];
+        if n > 0 {
+            fields.push(Field::new("model_version", DataType::Utf8, true));
+            let version = model().metadata.model_version.clone();
+            columns.push(Arc::new(StringArray::from_iter_values(
+                chunk.iter().map(|_| version.as_str()),
+            )));
+        }
+        fields.extend([
+            Field::new("score", DataType::Float32, false),
+            Field::new("anomaly", DataType::Boolean, false),
+            Field::new("latency_us", DataType::Int64, false),
+        ]);
+        columns.extend([
+            Arc::new(Float32Array::from_iter_values(
+                chunk.iter().map(|w| w.score),
+            )) as arrow_array::ArrayRef,
+            Arc::new(BooleanArray::from(
+                chunk.iter().map(|w| w.anomaly).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from_iter_values(chunk.iter().map(|_| 900))),
+        ]);
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        write(hour_dir("inference", chunk[0].end_us), 1000 + n, batch);
+    }
+    // Telemetry in files of about 10 s of the line, each sorted by (device, sensor, ts).
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("ts", ts_type.clone(), false),
+        Field::new("device", DataType::Utf8, false),
+        Field::new("sensor", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("quality", DataType::Int16, false),
+    ]));
+    let mut by_time: Vec<&Sample> = samples.iter().collect();
+    by_time.sort_by_key(|s| s.0);
+    for (n, chunk) in by_time.chunks(240_000).enumerate() {
+        let mut chunk = chunk.to_vec();
+        chunk.sort_by(|a, b| (&a.1, &a.2, a.0).cmp(&(&b.1, &b.2, b.0)));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(chunk.iter().map(|s| s.0))
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from_iter_values(chunk.iter().map(|s| &s.1))),
+                Arc::new(StringArray::from_iter_values(chunk.iter().map(|s| &s.2))),
+                Arc::new(Float64Array::from_iter_values(chunk.iter().map(|s| s.3))),
+                Arc::new(Int16Array::from_iter_values(chunk.iter().map(|s| s.4))),
+            ],
+        )
+        .unwrap();
+        write(hour_dir("telemetry", chunk[0].0), n, batch);
+    }
+    let tmp = lake.join("_loopline/tmp/test");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("part-test-99999999.parquet.tmp"), b"not parquet").unwrap();
+}
+
+#[test]
+fn the_recipe_change_read_back_from_parquet_in_the_lake_layout_gives_the_same_decision() {
+    use loopline_dispatch::lake::{self, TimeRange};
+
+    let (windows, samples) = simulate(&Scenario::named("recipe-change").unwrap(), 50, true);
+    let dir = tempfile::tempdir().unwrap();
+    write_lake(dir.path(), &windows, &samples);
+
+    // The reader gives back what was written, window by window.
+    let all =
+        lake::read_line_windows(dir.path(), "plant", "l1", TimeRange::new(at(0), at(60))).unwrap();
+    assert_eq!(all.windows.len(), windows.len());
+    let direct: Vec<ScoredWindow> = windows.iter().map(SimWindow::scored).collect();
+    for (read, want) in all.windows.iter().zip(&direct) {
+        assert_eq!(read.device, want.device);
+        assert_eq!(read.window_end_us, want.window_end_us);
+        assert_eq!(read.score, want.score);
+        assert_eq!(read.recipe, want.recipe);
+        let (r, w) = (&read.channels["vibration"], &want.channels["vibration"]);
+        assert_eq!(r.samples, 1000);
+        assert!((r.std.unwrap() - w.std.unwrap()).abs() < 1e-9);
+    }
+    // The first file predates `model_version`: null there, set after.
+    assert_eq!(all.windows[0].model_version, None);
+    assert!(all.windows.last().unwrap().model_version.is_some());
+    // Partition pruning: another line and another hour hold nothing.
+    let other = lake::read_line_windows(dir.path(), "plant", "l2", TimeRange::new(at(0), at(60)));
+    assert!(other.unwrap().windows.is_empty());
+    let later = TimeRange::new(at(3600), at(7200));
+    assert!(
+        lake::read_inference(dir.path(), "plant", "l1", later)
+            .unwrap()
+            .is_empty()
+    );
+
+    // Dispatch's loop: every second, read the second that passed and evaluate.
+    let mut evaluator = TriggerEvaluator::new(
+        TriggerConfig::default(),
+        ReferenceSource::FirstWindows {
+            model_version: None,
+        },
+    );
+    let mut retrain = None;
+    for second in 1..=51 {
+        let range = TimeRange::new(at(second - 1), at(second));
+        let data = lake::read_line_windows(dir.path(), "plant", "l1", range).unwrap();
+        if let d @ Decision::Retrain { .. } = evaluator.evaluate(at(second), &data) {
+            retrain = Some((second, d));
+            break;
+        }
+    }
+    let Some((
+        second,
+        Decision::Retrain {
+            data_from_us,
+            trigger: Trigger::Drift { .. },
+            ..
+        },
+    )) = retrain
+    else {
+        panic!("no drift retrain");
+    };
+    assert!((at(29)..=at(30)).contains(&data_from_us));
+    assert!(second - 30 <= 15, "detected at {second} s");
+}
+
+#[test]
+fn a_file_that_is_not_parquet_is_an_error_naming_it() {
+    use loopline_dispatch::lake::{self, TimeRange};
+
+    let dir = tempfile::tempdir().unwrap();
+    let hour = dir
+        .path()
+        .join("inference/site=plant/line=l1/date=2026-03-02/hour=10");
+    std::fs::create_dir_all(&hour).unwrap();
+    std::fs::write(hour.join("part-x-00000000.parquet"), b"garbage").unwrap();
+    let err =
+        lake::read_inference(dir.path(), "plant", "l1", TimeRange::new(at(0), at(60))).unwrap_err();
+    assert!(err.to_string().contains("part-x-00000000.parquet"), "{err}");
+}
