@@ -307,7 +307,7 @@ impl<'a> Strings<'a> {
             Strings::Plain(a) => a.is_valid(i).then(|| a.value(i)),
             Strings::Large(a) => a.is_valid(i).then(|| a.value(i)),
             Strings::Dictionary(d, values) => {
-                let key = usize::try_from(d.key(i)?).ok()?;
+                let key = d.key(i)?;
                 values.is_valid(key).then(|| values.value(key))
             }
             Strings::Null => None,
@@ -420,8 +420,8 @@ fn read_samples(
             // Rows come sorted by (device, sensor, ts): the map is looked up once per run.
             let mut run: Option<(&str, &str)> = None;
             let mut points: Vec<Point> = Vec::new();
-            for i in 0..ts_v.len() {
-                if !range.contains(ts_v[i]) {
+            for (i, &ts) in ts_v.iter().enumerate() {
+                if !range.contains(ts) {
                     continue;
                 }
                 let (Some(d), Some(s)) = (device_s.get(i), sensor_s.get(i)) else {
@@ -438,7 +438,7 @@ fn read_samples(
                     }
                     run = Some((d, s));
                 }
-                points.push((ts_v[i], value_v.value(i), quality_v.value(i)));
+                points.push((ts, value_v.value(i), quality_v.value(i)));
             }
             if let Some((rd, rs)) = run {
                 out.entry((rd.to_owned(), rs.to_owned()))

@@ -1312,3 +1312,211 @@ pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
     }
     (va > 0.0 && vb > 0.0).then(|| cov / (va * vb).sqrt())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn window(device: &str, second: i64, score: f64, recipe: f64) -> ScoredWindow {
+        let health = |mean: f64, std: f64| ChannelHealth {
+            samples: 1000,
+            mean: Some(mean),
+            std: Some(std),
+            non_good_share: 0.0,
+        };
+        ScoredWindow {
+            device: device.into(),
+            window_start_us: second * S,
+            window_end_us: (second + 1) * S - 1,
+            model_version: Some("m1".into()),
+            score,
+            anomaly: false,
+            recipe: Some(recipe),
+            speed_setpoint: Some(1480.0),
+            channels: [
+                ("vibration".to_owned(), health(0.0, 1.0 + score)),
+                ("temperature".to_owned(), health(50.0, 0.05)),
+            ]
+            .into(),
+        }
+    }
+
+    /// Scores cycling through a fixed spread, so the reference and a stable stream match.
+    fn score(i: i64) -> f64 {
+        0.2 + 0.01 * (i % 10) as f64
+    }
+
+    fn evaluator(config: TriggerConfig) -> TriggerEvaluator {
+        TriggerEvaluator::new(
+            config,
+            ReferenceSource::FirstWindows {
+                model_version: Some("m1".into()),
+            },
+        )
+    }
+
+    fn feed(
+        e: &mut TriggerEvaluator,
+        seconds: std::ops::Range<i64>,
+        f: impl Fn(i64) -> f64,
+    ) -> Vec<Decision> {
+        seconds
+            .map(|s| {
+                let data = LineWindowData {
+                    windows: vec![window("d1", s, f(s), 101.0)],
+                };
+                e.evaluate((s + 1) * S, &data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holds_while_the_reference_builds_then_on_a_stable_stream() {
+        let mut e = evaluator(TriggerConfig::default());
+        let decisions = feed(&mut e, 0..200, score);
+        assert!(decisions[0].sentence().contains("1 of 60 windows"));
+        assert!(decisions.iter().all(|d| matches!(d, Decision::Hold { .. })));
+        assert!(decisions[199].sentence().starts_with("No trigger"));
+    }
+
+    #[test]
+    fn manual_retrains_at_once_and_volume_after_enough_windows() {
+        let config = TriggerConfig {
+            volume_windows: 100,
+            ..TriggerConfig::default()
+        };
+        let mut e = evaluator(config);
+        feed(&mut e, 0..70, score);
+        e.request_manual("operator asked");
+        let d = e.evaluate(71 * S, &LineWindowData::default());
+        let Decision::Retrain {
+            trigger: Trigger::Manual { reason },
+            data_from_us,
+            data_to_us,
+            ..
+        } = d
+        else {
+            panic!("{d:?}");
+        };
+        assert_eq!(reason, "operator asked");
+        assert_eq!(data_from_us, 0);
+        assert_eq!(data_to_us, 70 * S);
+        let decisions = feed(&mut e, 70..170, score);
+        let volume: Vec<_> = decisions.iter().filter(|d| d.is_retrain()).collect();
+        assert_eq!(volume.len(), 1);
+        assert!(matches!(
+            volume[0],
+            Decision::Retrain {
+                trigger: Trigger::Volume { windows: 100 },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn windows_taken_once_and_other_models_ignored() {
+        let mut e = evaluator(TriggerConfig::default());
+        feed(&mut e, 0..60, score);
+        // The same windows again change nothing.
+        let before = e.windows_since_training;
+        feed(&mut e, 0..60, score);
+        assert_eq!(e.windows_since_training, before);
+        // Windows of another model are not compared with this reference.
+        let mut other = window("d1", 100, 50.0, 101.0);
+        other.model_version = Some("m2".into());
+        e.evaluate(
+            101 * S,
+            &LineWindowData {
+                windows: vec![other],
+            },
+        );
+        assert!(e.recent.is_empty());
+    }
+
+    #[test]
+    fn a_step_without_a_context_change_is_a_degradation_then_holds() {
+        let mut e = evaluator(TriggerConfig::default());
+        feed(&mut e, 0..100, score);
+        let decisions = feed(&mut e, 100..160, |s| 1.0 + score(s));
+        let alerts: Vec<_> = decisions
+            .iter()
+            .filter(|d| matches!(d, Decision::Alert(Alert::Degradation { .. })))
+            .collect();
+        assert_eq!(alerts.len(), 1, "{decisions:?}");
+        assert!(!decisions.iter().any(Decision::is_retrain));
+        assert!(e.is_degraded());
+        // A manual retrain trains only on data before the onset.
+        e.request_manual("retrain anyway");
+        let Decision::Retrain { data_to_us, .. } = e.evaluate(161 * S, &LineWindowData::default())
+        else {
+            panic!("no retrain");
+        };
+        assert!(data_to_us <= 101 * S, "{data_to_us}");
+    }
+
+    #[test]
+    fn drift_with_a_new_recipe_retrains_once_then_cools_down() {
+        let mut e = evaluator(TriggerConfig::default());
+        feed(&mut e, 0..100, score);
+        let decisions: Vec<Decision> = (100..200)
+            .map(|s| {
+                let data = LineWindowData {
+                    windows: vec![window("d1", s, 1.0 + score(s), 102.0)],
+                };
+                e.evaluate((s + 1) * S, &data)
+            })
+            .collect();
+        let retrains: Vec<_> = decisions.iter().filter(|d| d.is_retrain()).collect();
+        assert_eq!(retrains.len(), 1, "{decisions:?}");
+        let Decision::Retrain { data_from_us, .. } = retrains[0] else {
+            unreachable!()
+        };
+        assert_eq!(*data_from_us, 100 * S);
+        assert!(decisions.last().unwrap().sentence().contains("cool-down"));
+    }
+
+    #[test]
+    fn a_flat_sensor_is_reported_once() {
+        let mut e = evaluator(TriggerConfig::default());
+        feed(&mut e, 0..70, score);
+        let mut alerts = Vec::new();
+        for s in 70..80 {
+            let mut w = window("d1", s, score(s), 101.0);
+            if let Some(t) = w.channels.get_mut("temperature") {
+                t.std = Some(0.0);
+            }
+            if let Decision::Alert(a) =
+                e.evaluate((s + 1) * S, &LineWindowData { windows: vec![w] })
+            {
+                alerts.push(a);
+            }
+        }
+        assert_eq!(
+            alerts,
+            vec![Alert::SensorFault {
+                device: "d1".into(),
+                sensor: "temperature".into(),
+                kind: SensorFaultKind::Stuck,
+                since_us: 70 * S,
+            }]
+        );
+        assert_eq!(e.sensor_faults().len(), 1);
+    }
+
+    #[test]
+    fn spearman_of_monotone_and_constant_series() {
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[1.0, 5.0, 9.0]), Some(1.0));
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+        assert_eq!(spearman(&[1.0, 2.0, 3.0], &[1.0, 1.0, 1.0]), None);
+    }
+
+    #[test]
+    fn the_config_round_trips_through_toml_defaults_filling_gaps() {
+        let config: TriggerConfig = toml::from_str("cooldown = \"10m\"\n").unwrap();
+        assert_eq!(config.cooldown, Duration::from_secs(600));
+        assert_eq!(config.drift_windows, TriggerConfig::default().drift_windows);
+        assert!(toml::from_str::<TriggerConfig>("nonsense = 1\n").is_err());
+    }
+}

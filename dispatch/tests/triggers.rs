@@ -1,6 +1,9 @@
 //! Retraining triggers end to end on simulated lines: the line simulator's scenarios, scored
 //! by the agents' bootstrap model, judged by the trigger evaluator.
 
+// Helpers outside #[test] functions unwrap too: a failure there is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
