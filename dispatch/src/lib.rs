@@ -15,6 +15,8 @@ pub mod api;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod drift;
+pub mod lake;
 pub mod launcher;
 pub mod metrics;
 pub mod registry;
@@ -23,6 +25,7 @@ pub mod scheduler;
 pub mod service;
 pub mod signing;
 pub mod store;
+pub mod triggers;
 
 /// Errors of dispatch's own work, naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,12 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    Signing(#[from] signing::SigningError),
+    #[error(transparent)]
+    Lake(#[from] lake::LakeError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
