@@ -9,7 +9,10 @@ use loopline_common::BrokerUrl;
 use loopline_common::logging::LogFormat;
 use serde::{Deserialize, Serialize};
 
+use crate::registry::PromotionRules;
+use crate::rollout::RolloutPolicy;
 use crate::scheduler::RetryPolicy;
+use crate::triggers::TriggerConfig;
 use crate::{Error, Result};
 
 /// Where training jobs run.
@@ -77,8 +80,14 @@ pub struct DispatchConfig {
     /// Fair share balances the GPU time lines used over this window.
     #[serde(with = "loopline_common::duration")]
     pub fair_share_window: Duration,
-    /// Retry back-off and which exit codes are retryable.
+    /// Retry back-off and which exit codes are retryable (`[retry]`).
     pub retry: RetryPolicy,
+    /// When to retrain, and the guards (`[triggers]`, see `docs/triggers.md`).
+    pub triggers: TriggerConfig,
+    /// What a candidate must beat to become champion (`[promotion]`).
+    pub promotion: PromotionRules,
+    /// Canary, probation and rollback (`[rollout]`, see `docs/models.md`).
+    pub rollout: RolloutPolicy,
     /// Log format: `human` or `json`.
     pub log_format: LogFormat,
 }
@@ -108,6 +117,9 @@ impl Default for DispatchConfig {
             evaluate_interval: Duration::from_secs(5),
             fair_share_window: Duration::from_secs(3600),
             retry: RetryPolicy::default(),
+            triggers: TriggerConfig::default(),
+            promotion: PromotionRules::default(),
+            rollout: RolloutPolicy::default(),
             log_format: LogFormat::default(),
         }
     }

@@ -19,6 +19,7 @@ pub mod drift;
 pub mod lake;
 pub mod launcher;
 pub mod metrics;
+pub mod pipeline;
 pub mod registry;
 pub mod rollout;
 pub mod scheduler;

@@ -662,7 +662,8 @@ impl Registry {
 }
 
 /// The bar a candidate must clear to replace the champion.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PromotionRules {
     /// Lowest F1 a candidate may have, where F1 is defined.
     pub min_f1: f64,

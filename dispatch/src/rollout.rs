@@ -40,10 +40,13 @@ use serde::{Deserialize, Serialize};
 
 /// How a rollout judges and how long it waits.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RolloutPolicy {
     /// How long the canary has to report that it runs the new version.
+    #[serde(with = "loopline_common::duration")]
     pub canary_deadline: Duration,
     /// How long the canary runs the new version beside the baseline before the line gets it.
+    #[serde(with = "loopline_common::duration")]
     pub probation: Duration,
     /// Fewest windows the canary, and the baseline devices together, must have scored before
     /// they are compared.
@@ -56,6 +59,7 @@ pub struct RolloutPolicy {
     pub latency_factor: f64,
     /// How long the line's devices have to report that they run the new version before the
     /// rollout is declared done anyway (naming the devices that did not).
+    #[serde(with = "loopline_common::duration")]
     pub line_deadline: Duration,
 }
 

@@ -14,6 +14,7 @@
 //! Shutdown stops the loop and the API; jobs in flight keep running in their backend, and the
 //! next start finds them through their stored handles.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,7 +30,11 @@ use crate::backend::slurm::SlurmBackend;
 use crate::config::{BackendKind, DispatchConfig};
 use crate::launcher::TrainerLauncher;
 use crate::metrics::Metrics;
+use crate::pipeline::{self, RolloutCommand};
+use crate::registry::Registry;
+use crate::rollout::{Phase, Rollout};
 use crate::scheduler::{CANCEL_KEY_PREFIX, Dispatcher, DispatcherConfig, JobEvent, micros};
+use crate::signing::ReleaseKey;
 use crate::store::{JobRequest, State, Store, Submitted};
 use crate::{Error, Result};
 
@@ -48,6 +53,10 @@ pub struct Shared {
     wake: Mutex<std_mpsc::Sender<()>>,
     pub metrics: Metrics,
     pub backend: &'static str,
+    /// Signs promoted models.
+    pub key: ReleaseKey,
+    /// Lines whose trigger reference must be rebuilt (a rollout ended).
+    new_references: Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -138,6 +147,26 @@ impl Shared {
     pub fn backend_name(&self) -> &'static str {
         self.backend
     }
+
+    /// Whether `line`'s trigger reference must be rebuilt (and forgets that it must).
+    pub fn take_new_reference(&self, line: &str) -> bool {
+        let mut lines = self
+            .new_references
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lines.remove(line)
+    }
+
+    /// A rollout of `line` ended (done or rolled back): its running model changed.
+    pub fn rollouts_done(&self, line: &str, rollout: &Rollout) {
+        if matches!(rollout.phase(), Phase::Done | Phase::RolledBack { .. }) {
+            let mut lines = self
+                .new_references
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            lines.insert(line.to_owned());
+        }
+    }
 }
 
 /// A running dispatch.
@@ -195,13 +224,25 @@ pub async fn start(config: DispatchConfig, shutdown: CancellationToken) -> Resul
     let (wake_tx, wake_rx) = std_mpsc::channel();
     let metrics = Metrics::new();
     metrics.pool_gpus.set(i64::from(config.gpus));
+    let key = ReleaseKey::load_or_generate(&state_dir)?;
+    info!(public_key = %key.public_key_hex(), key_id = key.key_id(), "release signing key (agents' model_public_key)");
     let shared = Arc::new(Shared {
         config: config.clone(),
         db: Mutex::new(api_store),
         wake: Mutex::new(wake_tx),
         metrics,
         backend: backend.name(),
+        key,
+        new_references: Mutex::new(BTreeSet::new()),
     });
+    let (rollouts_tx, rollouts_rx) = mpsc::unbounded_channel();
+    {
+        let shared = shared.clone();
+        let rollouts = rollouts_tx.clone();
+        tokio::task::spawn_blocking(move || pipeline::catch_up(&shared, &shared.key, &rollouts))
+            .await
+            .map_err(|e| Error::Config(format!("post-processing finished jobs panicked: {e}")))??;
+    }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let dispatcher = Dispatcher::new(
@@ -244,7 +285,20 @@ pub async fn start(config: DispatchConfig, shutdown: CancellationToken) -> Resul
             }
         }));
     }
-    tasks.push(tokio::spawn(event_task(shared.clone(), events_rx)));
+    tasks.push(tokio::spawn(event_task(
+        shared.clone(),
+        events_rx,
+        rollouts_tx,
+    )));
+    tasks.push(tokio::spawn(pipeline::trigger_task(
+        shared.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(pipeline::rollout_task(
+        shared.clone(),
+        rollouts_rx,
+        shutdown.clone(),
+    )));
     Ok(RunningDispatch {
         shared,
         api,
@@ -280,7 +334,11 @@ fn dispatcher_loop(
     }
 }
 
-async fn event_task(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<JobEvent>) {
+async fn event_task(
+    shared: Arc<Shared>,
+    mut events: mpsc::UnboundedReceiver<JobEvent>,
+    rollouts: mpsc::UnboundedSender<RolloutCommand>,
+) {
     while let Some(event) = events.recv().await {
         let job = &event.job;
         crate::metrics::Metrics::count(&shared.metrics.transitions, "to", job.state.as_str());
@@ -314,6 +372,18 @@ async fn event_task(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<Job
         if let Err(e) = logged {
             warn!(error = %e, "recording a job event failed");
         }
+        if job.state == State::Succeeded {
+            let (shared, job, rollouts) = (shared.clone(), job.clone(), rollouts.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                pipeline::post_process(&shared, &shared.key, &job, &rollouts)
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "post-processing a succeeded job failed"),
+                Err(e) => warn!(error = %e, "post-processing a succeeded job panicked"),
+            }
+        }
     }
 }
 
@@ -329,12 +399,35 @@ pub fn us(d: Duration) -> i64 {
 
 /// The models the registry holds, per line, for the API.
 pub fn models_view(shared: &Shared) -> Result<serde_json::Value> {
-    let _ = shared;
-    Ok(serde_json::json!([]))
+    let registry = Registry::open(&shared.config.lake)?;
+    let mut lines = BTreeMap::new();
+    for line in registry.lines()? {
+        let versions: Vec<serde_json::Value> = registry
+            .list(&line)?
+            .into_iter()
+            .map(|entry| {
+                serde_json::json!({
+                    "version": entry.version,
+                    "signed": entry.signed,
+                    "metrics": entry.metrics.raw,
+                    "lineage": entry.lineage,
+                })
+            })
+            .collect();
+        lines.insert(
+            line.clone(),
+            serde_json::json!({
+                "champion": registry.champion_version(&line)?,
+                "versions": versions,
+                "history": registry.history(&line)?,
+            }),
+        );
+    }
+    Ok(serde_json::json!({ "public_key": shared.key.public_key_hex(), "lines": lines }))
 }
 
 /// Rollouts and their phases, for the API.
 pub fn rollouts_view(shared: &Shared) -> Result<serde_json::Value> {
-    let _ = shared;
-    Ok(serde_json::json!([]))
+    let rollouts = pipeline::saved_rollouts(shared);
+    serde_json::to_value(&rollouts).map_err(|e| Error::Config(e.to_string()))
 }
