@@ -6,7 +6,8 @@ use clap::Parser;
 /// `metrics.json`; exit codes: 0 success, 2 bad arguments or input, 3 not enough usable data,
 /// 75 a retryable I/O failure.
 #[derive(Debug, Parser)]
-#[command(name = "loopline-train", version)]
+// No `--version` flag of clap's own: `--version` is the model version to write.
+#[command(name = "loopline-train", disable_version_flag = true)]
 struct Cli {
     #[command(flatten)]
     command: loopline_trainer::TrainCommand,
@@ -16,4 +17,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let code = loopline_trainer::main_with(cli.command);
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
