@@ -14,17 +14,9 @@ use std::time::Duration;
 use loopline_linesim::{CHANNELS, LineSim, Scenario};
 use loopline_model::{Artifact, FeatureLayout, FitOptions, TrainingRange};
 
-/// Channels the bootstrap model reads: the physical measurements and the operating context
-/// (so that a recipe change is not an anomaly), not the recipe number itself.
-pub const MODEL_CHANNELS: [&str; 7] = [
-    "vibration",
-    "temperature",
-    "current",
-    "pressure",
-    "flow",
-    "speed",
-    "speed_setpoint",
-];
+/// Channels the bootstrap model reads: the line's default model channels, which the trainer
+/// also uses, so that a trained model reads what the bootstrap did.
+pub const MODEL_CHANNELS: [&str; 7] = loopline_model::DEFAULT_CHANNELS;
 
 /// Simulated machines the bootstrap data comes from.
 const MACHINES: usize = 6;

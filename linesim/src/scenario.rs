@@ -49,7 +49,7 @@ use serde::Deserialize;
 use crate::{CHANNELS, Error, Result, channel, channel_index};
 
 /// The built-in scenarios: (name, TOML text).
-const BUILT_IN: [(&str, &str); 5] = [
+const BUILT_IN: [(&str, &str); 7] = [
     ("normal", include_str!("../scenarios/normal.toml")),
     ("default", include_str!("../scenarios/default.toml")),
     (
@@ -63,6 +63,11 @@ const BUILT_IN: [(&str, &str); 5] = [
     (
         "recipe-change",
         include_str!("../scenarios/recipe-change.toml"),
+    ),
+    ("demo-recipe", include_str!("../scenarios/demo-recipe.toml")),
+    (
+        "demo-bearing",
+        include_str!("../scenarios/demo-bearing.toml"),
     ),
 ];
 
@@ -297,16 +302,18 @@ pub struct Scenario {
 
 impl Scenario {
     /// Names accepted by [`Scenario::named`].
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 7] = [
         BUILT_IN[0].0,
         BUILT_IN[1].0,
         BUILT_IN[2].0,
         BUILT_IN[3].0,
         BUILT_IN[4].0,
+        BUILT_IN[5].0,
+        BUILT_IN[6].0,
     ];
 
-    /// A built-in scenario: `normal`, `default`, `bearing-wear`, `sensor-faults` or
-    /// `recipe-change`.
+    /// A built-in scenario: `normal`, `default`, `bearing-wear`, `sensor-faults`,
+    /// `recipe-change`, or the retraining demo's `demo-recipe` and `demo-bearing`.
     pub fn named(name: &str) -> Result<Scenario> {
         let Some((found, text)) = BUILT_IN.iter().find(|(n, _)| *n == name) else {
             return Err(Error::UnknownScenario {

@@ -72,6 +72,19 @@ pub use features::{FEATURE_KINDS, FEATURES_PER_CHANNEL, FeatureLayout, window_fe
 pub use quant::{QuantParams, QuantizedLayer, QuantizedModel};
 pub use release::ReleaseError;
 
+/// Channels the line's models read by default, in feature order: the physical measurements
+/// and the operating context (so that a recipe change is not an anomaly), not the recipe
+/// number itself. The agent's bootstrap model and the trainer both use them.
+pub const DEFAULT_CHANNELS: [&str; 7] = [
+    "vibration",
+    "temperature",
+    "current",
+    "pressure",
+    "flow",
+    "speed",
+    "speed_setpoint",
+];
+
 /// Widest layer (and most features) a model may have; bounds int32 accumulators and
 /// allocations made while reading untrusted artifacts.
 pub const MAX_WIDTH: usize = 4096;
