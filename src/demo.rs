@@ -37,7 +37,7 @@ use serde::Serialize;
 /// Name of the demo's ingester (its files are `part-demo-<n>.parquet`).
 const INGEST_ID: &str = "demo";
 /// Site name of the simulated factory.
-const SITE: &str = "plant-1";
+pub const SITE: &str = "plant-1";
 /// The agents' spools and accepted models, inside the lake's private folder.
 const AGENT_STATE_DIR: &str = "_loopline/agents";
 /// Labels that do not make a window faulty.
@@ -57,8 +57,9 @@ pub struct DemoArgs {
     #[arg(long, default_value = "3")]
     pub devices_per_line: NonZeroU32,
     /// How long the line runs before the demo stops, flushes and verifies (Ctrl-C stops
-    /// it early the same way).
-    #[arg(long, default_value = "60s", value_parser = loopline_common::duration::parse)]
+    /// it early the same way). The default leaves time for the whole loop: a process change
+    /// at 30 s, its retraining, the canary, the rollout, and a minute of the new model.
+    #[arg(long, default_value = "2m30s", value_parser = loopline_common::duration::parse)]
     pub duration: Duration,
     /// Folder of the Parquet lake. A previous demo lake there is replaced unless
     /// --keep-lake is given; any other non-empty folder is refused.
@@ -79,9 +80,11 @@ pub struct DemoArgs {
     /// Seed of the line and NPU simulators and of the bootstrap model.
     #[arg(long, default_value = "1")]
     pub seed: u64,
-    /// Line scenario every device plays: default, normal, bearing-wear, sensor-faults,
-    /// recipe-change, or a scenario TOML file.
-    #[arg(long, default_value = "default")]
+    /// Line scenarios, comma-separated, given to the lines in turn: built-in names
+    /// (demo-recipe, demo-bearing, default, normal, bearing-wear, sensor-faults,
+    /// recipe-change) or scenario TOML files. The default: line 1 changes recipe at 30 s to a
+    /// product its model never saw, line 2 develops a bearing fault from 30 s.
+    #[arg(long, default_value = "demo-recipe,demo-bearing")]
     pub scenario: String,
     /// The simulated NPU of every device: hailo-8l, hailo-8, rk3588, dx-m1.
     #[arg(long, default_value = "hailo-8l")]
@@ -92,6 +95,13 @@ pub struct DemoArgs {
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
+    /// GPUs in the demo's training pool (local child processes, each given its GPU through
+    /// CUDA_VISIBLE_DEVICES).
+    #[arg(long, default_value = "4")]
+    pub gpus: u32,
+    /// Where to write the HTML report (plots of scores, F1, the GPU pool and model versions).
+    #[arg(long, default_value = "loopline-report.html")]
+    pub report: PathBuf,
 }
 
 /// One device's line in the summary.
@@ -163,6 +173,9 @@ pub struct DemoSummary {
     pub npu_profile: String,
     pub model: ModelEvaluation,
     pub verified: bool,
+    /// Dispatch's loop: timeline, jobs, and F1 per line before the change, after it and after
+    /// the rollout.
+    pub closed_loop: Option<crate::closed_loop::LoopSummary>,
 }
 
 /// Runs the demo until `duration` passes or `shutdown` is cancelled.
@@ -180,10 +193,14 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     };
     ingest_config.validate().context("invalid demo settings")?;
     let agent_state = args.lake.join(AGENT_STATE_DIR);
-    let agent_configs: Vec<AgentConfig> = (1..=args.lines.get())
+    let scenarios = crate::closed_loop::line_scenarios(&args.scenario, args.lines.get());
+    let line_names: Vec<String> = (1..=args.lines.get())
+        .map(|l| format!("line-{l}"))
+        .collect();
+    let mut agent_configs: Vec<AgentConfig> = (1..=args.lines.get())
         .map(|line| AgentConfig {
             state_dir: agent_state.clone(),
-            scenario: args.scenario.clone(),
+            scenario: scenarios[line as usize - 1].clone(),
             npu_profile: args.npu_profile,
             window: args.window,
             site: SITE.to_owned(),
@@ -199,6 +216,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         .collect();
     for config in &agent_configs {
         config.validate().context("invalid demo settings")?;
+    }
+    if args.gpus == 0 {
+        bail!("--gpus must be at least 1: the training pool needs a GPU");
     }
     prepare_lake(&args.lake, args.keep_lake)?;
     // Agents speak MQTT 3.1.1 and ingest MQTT 5: one port on a real broker, two on rumqttd.
@@ -257,7 +277,42 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Dispatch: its key signs every release, so the devices must trust it from the start;
+    // the model they start with is each line's first champion.
+    let dispatch_config = crate::closed_loop::dispatch_config(
+        &args.lake,
+        &broker,
+        &line_names,
+        args.gpus,
+        args.seed,
+    )?;
+    let release_key =
+        loopline_dispatch::signing::ReleaseKey::load_or_generate(&dispatch_config.state_dir())?;
+    let window_samples =
+        u64::from(args.sample_rate_hz.get()) * args.window.as_micros() as u64 / 1_000_000;
+    let bootstrap = loopline_agent::bootstrap::model(loopline_agent::bootstrap::BootstrapKey {
+        seed: args.seed,
+        sample_rate_hz: args.sample_rate_hz,
+        window_samples,
+    })
+    .map_err(|e| anyhow::anyhow!("the devices' bootstrap model: {e}"))?;
+    crate::closed_loop::register_bootstrap(
+        &args.lake,
+        &release_key,
+        &line_names,
+        &bootstrap,
+        loopline_dispatch::service::now_us(),
+    )?;
+    for config in &mut agent_configs {
+        config.model_public_key = Some(release_key.public_key_hex());
+    }
+    let dispatch_token = CancellationToken::new();
+    let dispatch = loopline_dispatch::service::start(dispatch_config, dispatch_token.clone())
+        .await
+        .context("starting dispatch")?;
+
     let started = Instant::now();
+    let t0_us = loopline_dispatch::service::now_us();
     let agent_stats = Arc::new(AgentStats::new());
     let agent_token = CancellationToken::new();
     let mut agents = Vec::new();
@@ -271,7 +326,13 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         )));
     }
 
-    let progress = Progress::new(agent_stats.clone(), ingest_stats.clone(), args.duration);
+    let progress = Progress::new(
+        agent_stats.clone(),
+        ingest_stats.clone(),
+        args.duration,
+        Some(dispatch.shared.clone()),
+        t0_us,
+    );
     let ticker = tokio::spawn(progress.clone().run(agent_token.clone()));
     tokio::select! {
         () = tokio::time::sleep(args.duration) => {}
@@ -293,7 +354,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     ingest_token.cancel();
     let ingest_report = ingest.await.context("ingest task panicked")??;
     let elapsed = started.elapsed();
+    let end_us = loopline_dispatch::service::now_us();
     progress.finish();
+    dispatch_token.cancel();
+    let (dispatch_shared, events, jobs) = crate::closed_loop::finish(dispatch).await?;
 
     let records: Vec<CommitRecord> = commit_records(&args.lake)?
         .into_iter()
@@ -317,6 +381,45 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     );
     summary.table_rows = evaluation.table_rows;
     summary.model = evaluation.model;
+    let scenario_of: BTreeMap<String, String> = line_names.iter().cloned().zip(scenarios).collect();
+    let facts = vec![
+        (
+            "lines × devices".to_owned(),
+            format!("{} × {}", args.lines, args.devices_per_line),
+        ),
+        (
+            "samples in the lake".to_owned(),
+            human(summary.rows_verified),
+        ),
+        ("windows scored".to_owned(), human(summary.model.windows)),
+        (
+            "verified".to_owned(),
+            if summary.verified {
+                "every acknowledged sample, exactly once".to_owned()
+            } else {
+                "NO".to_owned()
+            },
+        ),
+        (
+            "GPU pool".to_owned(),
+            format!("{} GPUs, local backend", args.gpus),
+        ),
+        ("NPU".to_owned(), args.npu_profile.to_string()),
+    ];
+    let (mut closed, report) = crate::closed_loop::evaluate(
+        &evaluation.windows,
+        &scenario_of,
+        &dispatch_shared,
+        &events,
+        &jobs,
+        t0_us,
+        end_us,
+        facts,
+    )?;
+    crate::report::write(&report, &args.report)
+        .with_context(|| format!("writing the report {}", args.report.display()))?;
+    closed.report = Some(args.report.clone());
+    summary.closed_loop = Some(closed);
     if let Some(path) = &args.summary_json {
         let json = serde_json::to_vec_pretty(&summary)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
@@ -339,7 +442,11 @@ fn prepare_lake(lake: &Path, keep: bool) -> anyhow::Result<()> {
             );
         }
         if !empty && !keep {
-            for sub in TABLES.iter().copied().chain(["_loopline"]) {
+            for sub in TABLES
+                .iter()
+                .copied()
+                .chain(["_loopline", "_models", "annotations"])
+            {
                 let path = lake.join(sub);
                 if path.exists() {
                     std::fs::remove_dir_all(&path).with_context(|| {
@@ -507,6 +614,7 @@ fn summarise(
         npu_profile: args.npu_profile.to_string(),
         model: ModelEvaluation::default(),
         verified,
+        closed_loop: None,
     }
 }
 
@@ -514,6 +622,8 @@ fn summarise(
 struct Evaluation {
     table_rows: BTreeMap<String, u64>,
     model: ModelEvaluation,
+    /// Every scored window, judged against the labels.
+    windows: Vec<crate::closed_loop::Window>,
 }
 
 /// Reads this run's inference and label files back and scores the model against the labels.
@@ -550,6 +660,7 @@ fn evaluate(lake: &Path, records: &[CommitRecord]) -> anyhow::Result<Evaluation>
     }
     let mut model = ModelEvaluation::default();
     let mut versions = BTreeSet::new();
+    let mut windows = Vec::new();
     for path in files(inference::TABLE) {
         for row in
             inference::read_file(&path).with_context(|| format!("reading {}", path.display()))?
@@ -559,6 +670,17 @@ fn evaluate(lake: &Path, records: &[CommitRecord]) -> anyhow::Result<Evaluation>
                 spans
                     .iter()
                     .any(|&(start, end)| start <= row.ts_us && end > row.window_start_us)
+            });
+            windows.push(crate::closed_loop::Window {
+                line: key.0.clone(),
+                device: key.1.clone(),
+                boot_id: key.2.clone(),
+                start_us: row.window_start_us,
+                end_us: row.ts_us,
+                version: row.model_version.clone(),
+                score: row.score,
+                anomaly: row.anomaly,
+                faulty,
             });
             model.windows += 1;
             match (row.anomaly, faulty) {
@@ -582,7 +704,11 @@ fn evaluate(lake: &Path, records: &[CommitRecord]) -> anyhow::Result<Evaluation>
         model.true_positives + model.false_negatives,
     );
     model.model_versions = versions.into_iter().collect();
-    Ok(Evaluation { table_rows, model })
+    Ok(Evaluation {
+        table_rows,
+        model,
+        windows,
+    })
 }
 
 /// The live progress line: rewritten in place on a terminal, a plain line every few seconds
@@ -594,17 +720,56 @@ struct Progress {
     duration: Duration,
     started: Instant,
     tty: bool,
+    /// Dispatch, whose timeline entries are printed as they happen.
+    dispatch: Option<Arc<loopline_dispatch::service::Shared>>,
+    /// When the devices started, µs since the Unix epoch: the timeline's zero.
+    t0_us: i64,
 }
 
 impl Progress {
-    fn new(agents: Arc<AgentStats>, ingest: Arc<IngestStats>, duration: Duration) -> Self {
+    fn new(
+        agents: Arc<AgentStats>,
+        ingest: Arc<IngestStats>,
+        duration: Duration,
+        dispatch: Option<Arc<loopline_dispatch::service::Shared>>,
+        t0_us: i64,
+    ) -> Self {
         Progress {
             agents,
             ingest,
             duration,
             started: Instant::now(),
             tty: std::io::stderr().is_terminal(),
+            dispatch,
+            t0_us,
         }
+    }
+
+    /// Prints the timeline entries dispatch recorded since `after`; returns the last id.
+    fn print_events(&self, after: i64) -> i64 {
+        let Some(dispatch) = &self.dispatch else {
+            return after;
+        };
+        let events = dispatch
+            .with_db(|db| db.events(after, 100))
+            .unwrap_or_default();
+        let mut last = after;
+        let mut err = std::io::stderr();
+        for event in events {
+            last = event.id;
+            let t = u64::try_from(event.at_us - self.t0_us).unwrap_or(0) / 1_000_000;
+            let clear = if self.tty { "\r\x1b[2K" } else { "" };
+            let _ = writeln!(
+                err,
+                "{clear}  {:>2}:{:02}  {:<7} {:<8} {}",
+                t / 60,
+                t % 60,
+                event.line,
+                event.kind,
+                event.text
+            );
+        }
+        last
     }
 
     async fn run(self, stop: CancellationToken) {
@@ -616,10 +781,16 @@ impl Progress {
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
         let mut last = (Instant::now(), 0u64);
+        let mut seen = 0;
+        let mut events = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
+                _ = events.tick() => {
+                    seen = self.print_events(seen);
+                    continue;
+                }
             }
             let published = self.agents.snapshot().samples_acked;
             let now = Instant::now();
@@ -745,6 +916,9 @@ impl DemoSummary {
             m.false_negatives,
             m.true_negatives,
         ));
+        if let Some(closed) = &self.closed_loop {
+            s.push_str(&closed.render());
+        }
         s.push_str(&format!(
             "rate:    {} samples/s end to end over {:.1}s\n",
             human(self.samples_per_second as u64),

@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Run a simulated factory end to end and summarise what reached the lake.
     Demo(Box<DemoArgs>),
+    /// One training job of the dispatch contract, as `loopline-train` (the demo's GPU pool
+    /// runs this); see docs/training.md.
+    #[command(disable_version_flag = true)]
+    Train(Box<loopline_trainer::TrainCommand>),
     /// Run the embedded MQTT broker (for machines without Mosquitto).
     Broker {
         /// Address to listen on (MQTT 3.1.1, what agents speak).
@@ -38,6 +42,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => run_demo(*args),
         Command::Broker { listen, listen_v5 } => run_broker(listen, listen_v5),
+        Command::Train(command) => {
+            let code = loopline_trainer::main_with(*command);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
     };
     match result {
         Ok(code) => code,

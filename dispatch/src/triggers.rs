@@ -229,6 +229,9 @@ pub struct TriggerConfig {
     /// After a change of context, drift is measured on the settled windows of the new context
     /// alone, once there are this many.
     pub min_windows_after_change: usize,
+    /// A process change is retrained once the new context has this many windows (all the
+    /// line's devices together) to train and hold out on; until then the decision waits.
+    pub min_training_windows: usize,
     /// A sensor is stuck when its std is at most this times `max(|mean|, 1)`.
     pub stuck_relative_std: f64,
     /// Consecutive windows a sensor must be flat to be called stuck.
@@ -278,6 +281,7 @@ impl Default for TriggerConfig {
             setpoint_tolerance: 0.02,
             context_settle: Duration::from_secs(8),
             min_windows_after_change: 9,
+            min_training_windows: 90,
             stuck_relative_std: 1e-6,
             stuck_windows: 3,
             bad_quality_share: 0.5,
@@ -765,6 +769,23 @@ impl TriggerEvaluator {
                     loopline_common::duration::format(self.config.cooldown)
                 ),
             };
+        }
+        if let Some(change_us) = change {
+            let since_change = self
+                .recent
+                .iter()
+                .filter(|k| k.start_us >= change_us)
+                .count();
+            if since_change < self.config.min_training_windows {
+                return Decision::Hold {
+                    why: format!(
+                        "Process change at {} ({}): waiting for data of the new operating point to train on, {since_change} of {} windows.",
+                        time(change_us),
+                        drift.summary,
+                        self.config.min_training_windows
+                    ),
+                };
+            }
         }
         let trigger = Trigger::Drift {
             psi: drift.psi,

@@ -136,11 +136,21 @@ fn help_options(help: &str) -> Vec<HelpOption> {
         .collect()
 }
 
-/// Top-level `key = value` pairs of `--print-config` output, strings without their quotes.
+/// `key = value` pairs of `--print-config` output, strings without their quotes; a key of a
+/// `[table]` is named `table.key`.
 fn printed_config(toml: &str) -> Vec<(String, String)> {
+    let mut table = String::new();
     toml.lines()
-        .filter(|line| line.starts_with(|c: char| c.is_ascii_lowercase()))
-        .filter_map(|line| line.split_once(" = "))
+        .filter_map(|line| {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = format!("{name}.");
+                return None;
+            }
+            line.starts_with(|c: char| c.is_ascii_lowercase())
+                .then(|| line.split_once(" = "))
+                .flatten()
+                .map(|(key, value)| (format!("{table}{}", key.trim()), value))
+        })
         .map(|(key, value)| {
             let value = value.trim();
             let value = value
@@ -148,7 +158,7 @@ fn printed_config(toml: &str) -> Vec<(String, String)> {
                 .and_then(|v| v.strip_suffix('"'))
                 .filter(|v| !v.contains(['"', '\\']))
                 .unwrap_or(value);
-            (key.trim().to_owned(), value.to_owned())
+            (key, value.to_owned())
         })
         .collect()
 }
@@ -190,11 +200,20 @@ fn undocumented_flags(heading: &str, section: &str, options: &[HelpOption]) -> V
 /// Checks the section of a program with config keys: its flags, and a row per key with the
 /// default that `--print-config` shows.
 fn check_program(heading: &str, program: &Path) {
+    check_command(heading, program, &[]);
+}
+
+/// [`check_program`] for `program <subcommand…>`. Keys of nested tables (`retry.backoff_base`)
+/// are set in the file only: they need a row (their own, or a `` `table.*` `` row naming them)
+/// but no flag.
+fn check_command(heading: &str, program: &Path, subcommand: &[&str]) {
     let doc = doc();
     let section = section(&doc, heading);
-    let options = help_options(&stdout_of(program, &["--help"]));
+    let with =
+        |flag: &'static str| -> Vec<&str> { subcommand.iter().copied().chain([flag]).collect() };
+    let options = help_options(&stdout_of(program, &with("--help")));
     assert!(options.len() > 5, "too few options parsed: {options:?}");
-    let printed = printed_config(&stdout_of(program, &["--print-config"]));
+    let printed = printed_config(&stdout_of(program, &with("--print-config")));
     assert!(printed.len() > 5, "too few keys parsed: {printed:?}");
 
     let mut problems = undocumented_flags(heading, section, &options);
@@ -205,8 +224,9 @@ fn check_program(heading: &str, program: &Path) {
         .map(|o| o.flag.trim_start_matches("--").replace('-', "_"))
         .filter(|key| !COMMAND_LINE_ONLY.contains(&key.as_str()))
         .collect();
+    let nested = |key: &str| key.contains('.');
     for (key, _) in &printed {
-        if !flag_keys.contains(key) {
+        if !nested(key) && !flag_keys.contains(key) {
             problems.push(format!(
                 "## {heading}: key `{key}` of --print-config has no flag in --help"
             ));
@@ -219,10 +239,16 @@ fn check_program(heading: &str, program: &Path) {
         .collect();
     let rows = rows(section);
     for key in keys {
-        if !rows
+        let own_row = rows
             .iter()
-            .any(|row| row.first() == Some(&format!("`{key}`").as_str()))
-        {
+            .any(|row| row.first() == Some(&format!("`{key}`").as_str()));
+        let in_table_row = key.split_once('.').is_some_and(|(table, name)| {
+            rows.iter().any(|row| {
+                row.first() == Some(&format!("`{table}.*`").as_str())
+                    && row.join(" ").contains(&format!("`{name}`"))
+            })
+        });
+        if !own_row && !in_table_row {
             problems.push(format!("## {heading}: key `{key}` has no table row"));
         }
     }
@@ -260,6 +286,15 @@ fn agent_keys_and_flags_are_documented() {
 #[test]
 fn ingest_keys_and_flags_are_documented() {
     check_program("loopline-ingest", &ingest());
+}
+
+#[test]
+fn dispatch_keys_and_flags_are_documented() {
+    check_command(
+        "loopline-dispatch",
+        &bin("loopline-dispatch", "loopline-dispatch"),
+        &["serve"],
+    );
 }
 
 #[test]

@@ -45,6 +45,12 @@ pub fn bin(package: &str, name: &str) -> PathBuf {
             "common",
             "edge-agent",
             "ingest",
+            "dispatch",
+            "trainer",
+            "model",
+            "linesim",
+            "npusim",
+            "spool",
             "Cargo.lock",
         ]
         .iter()
