@@ -15,14 +15,17 @@
 //! - A submission with an idempotency key seen before returns the job it created then.
 //!
 //! The database runs in WAL mode with `synchronous=FULL`: a committed transition survives a
-//! power cut, not only a killed process.
+//! power cut, not only a killed process. Dispatch's loop and its API each have a connection;
+//! every transaction that writes starts `IMMEDIATE` (it takes the write lock before it reads),
+//! so that the two wait for each other (`busy_timeout`) instead of one failing to upgrade a
+//! read snapshot the other has moved past.
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 /// Errors of the job store, naming the job or the database.
@@ -368,7 +371,9 @@ impl Store {
     /// de-duplication key.
     pub fn submit(&mut self, request: &JobRequest, now_us: i64) -> Result<Submitted> {
         request.check()?;
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let Some(key) = &request.idempotency_key {
             let seen: Option<i64> = tx
                 .query_row(
@@ -445,7 +450,9 @@ impl Store {
         changes: Changes,
         now_us: i64,
     ) -> Result<Job> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let job = get_job(&tx, id)?;
         if !job.state.can_become(to) {
             return Err(StoreError::BadTransition {

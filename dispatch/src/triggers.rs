@@ -1479,7 +1479,10 @@ mod tests {
 
     #[test]
     fn drift_with_a_new_recipe_retrains_once_then_cools_down() {
-        let mut e = evaluator(TriggerConfig::default());
+        let mut e = evaluator(TriggerConfig {
+            min_training_windows: 20,
+            ..TriggerConfig::default()
+        });
         feed(&mut e, 0..100, score);
         let decisions: Vec<Decision> = (100..200)
             .map(|s| {
@@ -1496,6 +1499,19 @@ mod tests {
         };
         assert_eq!(*data_from_us, 100 * S);
         assert!(decisions.last().unwrap().sentence().contains("cool-down"));
+        // Before the retrain, the decision waited for enough of the new recipe's windows.
+        let first = decisions.iter().position(Decision::is_retrain).unwrap();
+        assert!(
+            decisions[first - 1]
+                .sentence()
+                .contains("waiting for data of the new operating point"),
+            "{:?}",
+            decisions[first - 1]
+        );
+        assert!(
+            first >= 19,
+            "retrained after {first} windows of the new recipe"
+        );
     }
 
     #[test]

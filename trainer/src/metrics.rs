@@ -80,11 +80,12 @@ pub struct Excluded {
     pub trimmed: u64,
 }
 
-/// The candidate's behaviour on normal data, for drift detection.
+/// The candidate's behaviour on the line as it runs now, for drift detection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reference {
-    /// Quantiles 0, 0.05, …, 1 of the candidate's int8 scores on the held-out normal windows
-    /// (PSI bins).
+    /// Quantiles 0, 0.05, …, 1 of the candidate's int8 scores on all the held-out windows
+    /// (PSI bins): the recent data as the line produced it, its usual faults included, so
+    /// that the line running as it did is not drift.
     pub score_quantiles: Vec<f32>,
     /// Share of all held-out windows the candidate flags.
     pub anomaly_rate: f64,

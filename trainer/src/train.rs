@@ -463,7 +463,7 @@ pub fn run(args: &TrainArgs) -> Result<Metrics> {
         training_loss: float.training_loss(),
         reference: Reference {
             score_quantiles: (0..=20)
-                .map(|q| stats::quantile(&normal_scores, f64::from(q) / 20.0).unwrap_or(0.0))
+                .map(|q| stats::quantile(&holdout_int8, f64::from(q) / 20.0).unwrap_or(0.0))
                 .collect(),
             anomaly_rate: candidate.anomaly_rate,
         },

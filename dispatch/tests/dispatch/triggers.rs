@@ -255,8 +255,23 @@ fn a_move_to_an_unseen_operating_point_retrains_on_the_data_since_the_change() {
     );
     assert!(*data_to_us > at(30));
     let delay = t - 30.0;
-    println!("recipe change detected {delay:.0} s after it");
-    assert!(delay <= 15.0, "detected {delay} s after the change");
+    println!("recipe change retrained {delay:.0} s after it");
+    // Drift is seen within seconds; the retrain waits for `min_training_windows` (90) windows
+    // of the new recipe from 3 devices after the 8 s settle: 38 s, and no longer.
+    let config = TriggerConfig::default();
+    let needed =
+        (config.min_training_windows as f64 / 3.0).ceil() + config.context_settle.as_secs_f64();
+    assert!(
+        delay <= needed + 3.0,
+        "retrained {delay} s after the change"
+    );
+    assert!(
+        decisions.iter().any(|(_, d)| d
+            .sentence()
+            .contains("waiting for data of the new operating point")),
+        "{}",
+        show(&decisions)
+    );
     assert!(
         !decisions
             .iter()
@@ -502,9 +517,13 @@ fn the_recipe_change_read_back_from_parquet_in_the_lake_layout_gives_the_same_de
             .is_empty()
     );
 
-    // Dispatch's loop: every second, read the second that passed and evaluate.
+    // Dispatch's loop: every second, read the second that passed and evaluate (50 s of data:
+    // fewer windows of the new recipe needed before training than by default).
     let mut evaluator = TriggerEvaluator::new(
-        TriggerConfig::default(),
+        TriggerConfig {
+            min_training_windows: 30,
+            ..TriggerConfig::default()
+        },
         ReferenceSource::FirstWindows {
             model_version: None,
         },
@@ -530,7 +549,8 @@ fn the_recipe_change_read_back_from_parquet_in_the_lake_layout_gives_the_same_de
         panic!("no drift retrain");
     };
     assert!((at(29)..=at(30)).contains(&data_from_us));
-    assert!(second - 30 <= 15, "detected at {second} s");
+    // The 8 s settle, then 30 windows of the new recipe from 3 devices: 10 s.
+    assert!(second - 30 <= 20, "retrained at {second} s");
 }
 
 #[test]

@@ -21,7 +21,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 echo "$LOOPLINE_JOB_ID gpus=$CUDA_VISIBLE_DEVICES pid=$$" >> "$RUNS"
-while [ ! -e "$GO" ]; do sleep 0.1; done
+n=0
+while [ ! -e "$GO" ] && [ $n -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
 mkdir -p "$out"
 echo '{}' > "$out/metrics.json"
 exit 0
@@ -29,6 +30,14 @@ exit 0
 
 struct Dispatch {
     child: Child,
+}
+
+/// A failing test must not leave dispatch running.
+impl Drop for Dispatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn free_port() -> SocketAddr {
