@@ -12,7 +12,8 @@ use crate::harness::bin;
 const DOC: &str = "docs/configuration.md";
 
 /// Flags that are not config keys.
-const COMMAND_LINE_ONLY: [&str; 6] = [
+const COMMAND_LINE_ONLY: [&str; 7] = [
+    "api",
     "config",
     "print_config",
     "check_config",
@@ -107,7 +108,14 @@ fn help_options(help: &str) -> Vec<HelpOption> {
     let mut blocks: Vec<(String, String)> = Vec::new();
     for line in body.lines() {
         let trimmed = line.trim_start();
-        if trimmed.starts_with('-') {
+        // `-c, --config` or `--lake`; not `- local: …`, a value's description.
+        let is_flag = trimmed.starts_with("--")
+            || (trimmed.starts_with('-')
+                && trimmed
+                    .chars()
+                    .nth(1)
+                    .is_some_and(|c| c.is_ascii_alphabetic()));
+        if is_flag {
             let flag = trimmed
                 .split_whitespace()
                 .map(|token| token.trim_end_matches(','))
