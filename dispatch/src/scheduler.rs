@@ -623,7 +623,253 @@ pub(crate) fn micros(d: Duration) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::store::JobRequest;
+
+    /// A backend whose jobs end as scripted: each submission takes the next outcome.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        outcomes: Mutex<VecDeque<Observed>>,
+        started: Mutex<Vec<(String, Option<Vec<u32>>)>>,
+        running: Mutex<HashMap<String, Observed>>,
+        cancelled: Mutex<Vec<String>>,
+        known: Mutex<HashMap<String, String>>,
+    }
+
+    impl Backend for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn submit(&self, spec: &JobSpec) -> Result<String, BackendError> {
+            let mut started = self.started.lock().unwrap();
+            let handle = format!("h{}", started.len());
+            started.push((spec.job_id.clone(), spec.gpu_indices.clone()));
+            let outcome = self
+                .outcomes
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Observed::Running { gpus: None });
+            self.running.lock().unwrap().insert(handle.clone(), outcome);
+            Ok(handle)
+        }
+        fn poll(&self, handle: &str) -> Result<Observed, BackendError> {
+            Ok(self
+                .running
+                .lock()
+                .unwrap()
+                .get(handle)
+                .cloned()
+                .unwrap_or(Observed::Lost {
+                    reason: "unknown".into(),
+                }))
+        }
+        fn cancel(&self, handle: &str) -> Result<(), BackendError> {
+            self.cancelled.lock().unwrap().push(handle.to_owned());
+            self.running
+                .lock()
+                .unwrap()
+                .insert(handle.to_owned(), Observed::Cancelled);
+            Ok(())
+        }
+        fn find(&self, spec: &JobSpec) -> Result<Option<String>, BackendError> {
+            Ok(self.known.lock().unwrap().get(&spec.job_id).cloned())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Folderless;
+
+    impl JobLauncher for Folderless {
+        fn spec(&self, job: &Job, gpus: Option<Vec<u32>>) -> std::io::Result<JobSpec> {
+            Ok(JobSpec {
+                job_id: job.name(),
+                command: vec!["/bin/true".into()],
+                env: Vec::new(),
+                gpus: job.request.gpus,
+                gpu_indices: gpus,
+                workdir: std::env::temp_dir(),
+                time_limit: job.request.run_timeout,
+            })
+        }
+    }
+
+    const S: i64 = 1_000_000;
+
+    fn dispatcher(backend: Arc<Scripted>) -> Dispatcher {
+        Dispatcher::new(
+            Store::in_memory().unwrap(),
+            backend,
+            Arc::new(Folderless),
+            DispatcherConfig {
+                capacity: 2,
+                assign_gpus: true,
+                retry: RetryPolicy::default(),
+                fair_share_window: Duration::from_secs(3600),
+            },
+        )
+    }
+
+    fn request(line: &str) -> JobRequest {
+        JobRequest {
+            site: "plant-1".into(),
+            line: line.into(),
+            family: "anomaly-ae".into(),
+            priority: 0,
+            gpus: 1,
+            dedup_key: None,
+            idempotency_key: None,
+            trigger: "test".into(),
+            trigger_kind: "manual".into(),
+            data_from_us: 0,
+            data_to_us: 1,
+            max_attempts: 3,
+            queue_timeout: Duration::from_secs(60),
+            run_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn path(d: &mut Dispatcher, id: i64) -> Vec<State> {
+        d.store()
+            .transitions(id)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.to)
+            .collect()
+    }
+
+    #[test]
+    fn a_retryable_failure_is_retried_after_its_back_off_and_a_bad_one_is_not() {
+        let backend = Arc::new(Scripted::default());
+        backend.outcomes.lock().unwrap().extend([
+            Observed::Exited { code: 75 },
+            Observed::Exited { code: 0 },
+            Observed::Exited { code: 2 },
+        ]);
+        let mut d = dispatcher(backend.clone());
+        let a = d.store().submit(&request("a"), 0).unwrap().job().id;
+        d.tick(0).unwrap(); // dispatched (first attempt)
+        d.tick(S).unwrap(); // exit 75: back to the queue for 5 s
+        let job = d.store().job(a).unwrap();
+        assert_eq!((job.state, job.not_before_us), (State::Queued, 6 * S));
+        assert!(
+            job.reason
+                .contains("exit 75 (retryable); retry 2 of 3 in 5s"),
+            "{}",
+            job.reason
+        );
+        d.tick(5 * S).unwrap();
+        assert_eq!(
+            d.store().job(a).unwrap().state,
+            State::Queued,
+            "back-off honoured"
+        );
+        d.tick(6 * S).unwrap(); // second attempt
+        d.tick(7 * S).unwrap(); // exit 0
+        assert_eq!(d.store().job(a).unwrap().state, State::Succeeded);
+        assert_eq!(
+            path(&mut d, a),
+            [
+                State::Queued,
+                State::Dispatched,
+                State::Queued,
+                State::Dispatched,
+                State::Succeeded
+            ]
+        );
+        let b = d.store().submit(&request("b"), 8 * S).unwrap().job().id;
+        d.tick(8 * S).unwrap();
+        d.tick(9 * S).unwrap(); // exit 2: not retryable
+        let job = d.store().job(b).unwrap();
+        assert_eq!(
+            (job.state, job.attempt, job.exit_code),
+            (State::Failed, 1, Some(2))
+        );
+        assert_eq!(job.reason, "exit 2 (not retryable)");
+        assert_eq!(backend.started.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn time_outs_stop_the_job_and_cancellation_requests_are_honoured() {
+        let backend = Arc::new(Scripted::default());
+        let mut d = dispatcher(backend.clone());
+        let a = d.store().submit(&request("a"), 0).unwrap().job().id;
+        d.tick(0).unwrap();
+        assert_eq!(d.store().job(a).unwrap().state, State::Running);
+        d.tick(61 * S).unwrap();
+        let job = d.store().job(a).unwrap();
+        assert_eq!(
+            (job.state, job.reason.as_str()),
+            (State::TimedOut, "run time-out: ran longer than 1m")
+        );
+        assert_eq!(*backend.cancelled.lock().unwrap(), ["h0"]);
+
+        // Two running lines fill the pool; a third waits past its queue time-out.
+        let long = |line: &str| JobRequest {
+            run_timeout: Duration::from_secs(3600),
+            ..request(line)
+        };
+        let b = d.store().submit(&long("b"), 62 * S).unwrap().job().id;
+        let c = d.store().submit(&long("c"), 62 * S).unwrap().job().id;
+        let e = d.store().submit(&request("e"), 62 * S).unwrap().job().id;
+        d.tick(62 * S).unwrap();
+        let gpus: Vec<Option<Vec<u32>>> = [b, c]
+            .iter()
+            .map(|id| d.store().job(*id).unwrap().gpu_indices)
+            .collect();
+        assert_eq!(gpus, [Some(vec![0]), Some(vec![1])]);
+        d.tick(123 * S).unwrap();
+        assert_eq!(d.store().job(e).unwrap().state, State::TimedOut);
+        assert!(
+            d.store()
+                .job(e)
+                .unwrap()
+                .reason
+                .starts_with("queue time-out")
+        );
+
+        d.store()
+            .set_kv(&format!("{CANCEL_KEY_PREFIX}{b}"), "operator")
+            .unwrap();
+        d.tick(124 * S).unwrap();
+        assert_eq!(d.store().job(b).unwrap().state, State::Cancelled);
+        assert_eq!(backend.cancelled.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_dispatched_job_without_a_handle_is_found_before_it_is_started_again() {
+        let backend = Arc::new(Scripted::default());
+        let mut d = dispatcher(backend.clone());
+        let a = d.store().submit(&request("a"), 0).unwrap().job().id;
+        let b = d.store().submit(&request("b"), 0).unwrap().job().id;
+        // A dispatch that died between marking the jobs dispatched and storing their handles:
+        // the backend knows a; b never reached it.
+        for id in [a, b] {
+            d.store()
+                .transition(id, State::Dispatched, "pool", Changes::default(), 1)
+                .unwrap();
+        }
+        backend
+            .known
+            .lock()
+            .unwrap()
+            .insert(format!("j-{a}"), "old".into());
+        backend
+            .running
+            .lock()
+            .unwrap()
+            .insert("old".into(), Observed::Running { gpus: None });
+        d.tick(2).unwrap();
+        assert_eq!(d.store().job(a).unwrap().handle.as_deref(), Some("old"));
+        let started = backend.started.lock().unwrap().clone();
+        assert_eq!(
+            started.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            [format!("j-{b}")]
+        );
+    }
 
     fn candidate(id: i64, line: &str, priority: i64, gpus: u32, queued_us: i64) -> Candidate {
         Candidate {

@@ -26,6 +26,8 @@ fn demo_summary_matches_the_lake() {
         .args(["--batch-interval", "250ms", "--roll-age", "1s"])
         .arg("--lake")
         .arg(&lake)
+        .arg("--report")
+        .arg(logs.join("report.html"))
         .arg("--summary-json")
         .arg(&summary_path);
     let mut demo = Proc::spawn("demo", cmd, logs);

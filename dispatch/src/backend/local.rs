@@ -44,6 +44,8 @@ pub const LOG_FILE: &str = "job.log";
 pub const EXIT_FILE: &str = "exit";
 /// Written by [`LocalBackend::cancel`] before it signals the job.
 pub const CANCELLED_FILE: &str = "cancelled";
+/// The job's handle, written once the process is started (what [`Backend::find`] reads).
+pub const HANDLE_FILE: &str = "handle";
 
 /// Runs the command, then records its status atomically. `$1` is the exit file's path.
 const WRAPPER: &str =
@@ -317,7 +319,7 @@ impl Backend for LocalBackend {
             ))
         })?;
         // A workdir used before must not answer for the new job.
-        for stale in [EXIT_FILE, CANCELLED_FILE, "exit.tmp"] {
+        for stale in [EXIT_FILE, CANCELLED_FILE, HANDLE_FILE, "exit.tmp"] {
             let path = workdir.join(stale);
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -374,10 +376,32 @@ impl Backend for LocalBackend {
             pid,
             start_time: stat.start_time,
             gpus,
-            workdir,
+            workdir: workdir.clone(),
         };
         tracing::debug!(job = %spec.job_id, pid, "local job started");
-        Ok(handle.encode())
+        let encoded = handle.encode();
+        // For [`Backend::find`]: a dispatch that dies before storing the handle finds it here.
+        let tmp = workdir.join(format!("{HANDLE_FILE}.tmp"));
+        fs::write(&tmp, &encoded)
+            .and_then(|()| fs::rename(&tmp, workdir.join(HANDLE_FILE)))
+            .map_err(|e| {
+                unavailable(format!(
+                    "job {}: recording its handle in {}: {e}",
+                    spec.job_id,
+                    workdir.display()
+                ))
+            })?;
+        Ok(encoded)
+    }
+
+    /// The handle recorded in the job's folder, if a job was started there.
+    fn find(&self, spec: &JobSpec) -> Result<Option<Handle>, BackendError> {
+        let path = spec.workdir.join(HANDLE_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(LocalHandle::parse(text.trim()).map(|h| h.encode())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(format!("reading {}: {e}", path.display()))),
+        }
     }
 
     fn poll(&self, handle: &str) -> Result<Observed, BackendError> {

@@ -455,6 +455,23 @@ impl Backend for SlurmBackend {
         }
         Err(unavailable(describe(tool, &out)))
     }
+
+    /// The newest Slurm job named `loopline-<job id>`, in any state Slurm still remembers.
+    fn find(&self, spec: &JobSpec) -> Result<Option<Handle>, BackendError> {
+        let tool = &self.config.squeue;
+        let name = format!("--name=loopline-{}", spec.job_id);
+        let args = ["--noheader", "--states=all", "--format=%i", name.as_str()];
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let out = run(tool, &args)?;
+        if !out.status.success() {
+            return Err(unavailable(describe(tool, &out)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.trim().parse::<u64>().ok())
+            .max()
+            .map(|id| id.to_string()))
+    }
 }
 
 #[cfg(test)]

@@ -364,3 +364,17 @@ fn jobs_that_cannot_run_are_refused() {
         Err(BackendError::Refused { .. })
     ));
 }
+
+#[test]
+fn a_started_job_is_found_by_its_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::new();
+    let job = sh("j-found", &workdir(&root, "j-found"), "sleep 5");
+    assert_eq!(backend.find(&job).unwrap(), None, "nothing started yet");
+    let handle = backend.submit(&job).unwrap();
+    assert_eq!(
+        backend.find(&job).unwrap().as_deref(),
+        Some(handle.as_str())
+    );
+    backend.cancel(&handle).unwrap();
+}

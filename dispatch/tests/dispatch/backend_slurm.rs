@@ -325,3 +325,20 @@ fn unknown_job_ids_are_lost_and_missing_tools_unavailable() {
         "{err}"
     );
 }
+
+#[test]
+fn a_submitted_job_is_found_by_its_name() {
+    let Some(backend) = cluster() else { return };
+    let _cluster = lock();
+    let root = tempfile::tempdir().unwrap();
+    // A name no other test uses, unique to this run: Slurm remembers finished jobs.
+    let name = format!("find-{}", std::process::id());
+    let spec = sh(&name, &workdir(&root, &name), 0, "sleep 30");
+    assert_eq!(backend.find(&spec).unwrap(), None, "nothing submitted yet");
+    let handle = backend.submit(&spec).unwrap();
+    assert_eq!(
+        backend.find(&spec).unwrap().as_deref(),
+        Some(handle.as_str())
+    );
+    backend.cancel(&handle).unwrap();
+}
