@@ -215,7 +215,13 @@ pub fn dispatch_config(
         backend: BackendKind::Local,
         gpus,
         gpus_per_job: 1,
-        trainer_command: vec![exe.display().to_string(), "train".to_owned()],
+        // A held-out share large enough to set the threshold on a few dozen normal windows.
+        trainer_command: vec![
+            exe.display().to_string(),
+            "train".to_owned(),
+            "--holdout-fraction".to_owned(),
+            "0.4".to_owned(),
+        ],
         seed,
         max_attempts: 2,
         queue_timeout: Duration::from_secs(300),
@@ -225,6 +231,8 @@ pub fn dispatch_config(
         triggers: TriggerConfig {
             // One retrain per change in a demo of minutes.
             cooldown: Duration::from_secs(600),
+            // 50 s of the new recipe from 3 devices: enough to train on and to hold out.
+            min_training_windows: 150,
             ..TriggerConfig::default()
         },
         rollout: RolloutPolicy {

@@ -58,8 +58,9 @@ pub struct DemoArgs {
     pub devices_per_line: NonZeroU32,
     /// How long the line runs before the demo stops, flushes and verifies (Ctrl-C stops
     /// it early the same way). The default leaves time for the whole loop: a process change
-    /// at 30 s, its retraining, the canary, the rollout, and a minute of the new model.
-    #[arg(long, default_value = "2m30s", value_parser = loopline_common::duration::parse)]
+    /// at 30 s, 50 s of its data, the retraining, the canary's probation, the rollout, and a
+    /// minute of the new model.
+    #[arg(long, default_value = "3m", value_parser = loopline_common::duration::parse)]
     pub duration: Duration,
     /// Folder of the Parquet lake. A previous demo lake there is replaced unless
     /// --keep-lake is given; any other non-empty folder is refused.

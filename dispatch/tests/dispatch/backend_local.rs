@@ -311,6 +311,14 @@ fn a_job_without_process_or_status_is_lost() {
         wait_terminal(&backend, &handle),
         Observed::Exited { code: 0 }
     );
+    // The wrapper writes the exit file just before it exits: wait until it is gone (and
+    // reaped, which polling does), or its /proc entry still answers for it.
+    let pid: u32 = handle.split(':').nth(1).unwrap().parse().unwrap();
+    let start = Instant::now();
+    while process_running(pid) && start.elapsed() < DEADLINE {
+        backend.poll(&handle).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::fs::remove_file(dir.join("exit")).unwrap();
     let seen = LocalBackend::new().poll(&handle).unwrap();
     assert!(
