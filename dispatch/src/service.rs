@@ -107,8 +107,16 @@ impl Shared {
             let submitted = db.submit(request, now)?;
             let job = submitted.job();
             let text = match &submitted {
-                Submitted::Created { .. } => {
+                // A triggered job's reason is on the timeline already, as the trigger's entry.
+                Submitted::Created { .. } if request.trigger_kind == "manual" => {
                     format!("job {} queued: {}", job.name(), request.trigger)
+                }
+                Submitted::Created { .. } => {
+                    format!(
+                        "job {} queued by the {} trigger",
+                        job.name(),
+                        request.trigger_kind
+                    )
                 }
                 Submitted::Merged { .. } => format!(
                     "{} merged into job {} ({})",
