@@ -275,52 +275,57 @@ impl Dispatcher {
     }
 
     fn cancel_requested(&mut self, now_us: i64, events: &mut Vec<JobEvent>) -> crate::Result<()> {
-        let active = self.store.jobs(
-            &[State::Queued, State::Dispatched, State::Running],
-            None,
-            usize::MAX,
-        )?;
-        for job in active {
-            let key = format!("{CANCEL_KEY_PREFIX}{}", job.id);
-            let Some(why) = self.store.get_kv(&key)? else {
+        for (key, why) in self.store.kv_with_prefix(CANCEL_KEY_PREFIX)? {
+            let Some(id) = key
+                .strip_prefix(CANCEL_KEY_PREFIX)
+                .and_then(|id| id.parse::<i64>().ok())
+            else {
                 continue;
             };
-            if let Some(handle) = &job.handle
-                && let Err(e) = self.backend.cancel(handle)
-            {
-                warn!(job = %job.name(), error = %e, "cancel in the backend failed; retrying next round");
-                continue;
+            let job = self.store.job(id)?;
+            if job.state.is_active() {
+                if let Some(handle) = &job.handle
+                    && let Err(e) = self.backend.cancel(handle)
+                {
+                    warn!(job = %job.name(), error = %e, "cancel in the backend failed; retrying next round");
+                    continue;
+                }
+                self.move_to(
+                    &job,
+                    State::Cancelled,
+                    &why,
+                    Changes::default(),
+                    now_us,
+                    events,
+                )?;
             }
-            self.move_to(
-                &job,
-                State::Cancelled,
-                &why,
-                Changes::default(),
-                now_us,
-                events,
-            )?;
             self.store.set_kv(&key, "")?;
         }
         Ok(())
     }
 
     fn expire_queued(&mut self, now_us: i64, events: &mut Vec<JobEvent>) -> crate::Result<()> {
-        for job in self.store.jobs(&[State::Queued], None, usize::MAX)? {
-            let limit = micros(job.request.queue_timeout);
-            if now_us - job.queued_us > limit {
-                let reason = format!(
-                    "queue time-out: waited longer than {}",
-                    humantime::format_duration(job.request.queue_timeout)
-                );
-                self.move_to(
-                    &job,
-                    State::TimedOut,
-                    &reason,
-                    Changes::default(),
-                    now_us,
-                    events,
-                )?;
-            }
+        let expired: Vec<i64> = self
+            .store
+            .queued()?
+            .into_iter()
+            .filter(|job| now_us - job.queued_us > job.queue_timeout_us)
+            .map(|job| job.id)
+            .collect();
+        for id in expired {
+            let job = self.store.job(id)?;
+            let reason = format!(
+                "queue time-out: waited longer than {}",
+                humantime::format_duration(job.request.queue_timeout)
+            );
+            self.move_to(
+                &job,
+                State::TimedOut,
+                &reason,
+                Changes::default(),
+                now_us,
+                events,
+            )?;
         }
         Ok(())
     }
@@ -480,9 +485,17 @@ impl Dispatcher {
     fn start(&mut self, now_us: i64, events: &mut Vec<JobEvent>) -> crate::Result<()> {
         let mut queued: Vec<Candidate> = self
             .store
-            .jobs(&[State::Queued], None, usize::MAX)?
-            .iter()
-            .map(Candidate::of)
+            .queued()?
+            .into_iter()
+            .map(|job| Candidate {
+                id: job.id,
+                line: job.line,
+                family: job.family,
+                priority: job.priority,
+                gpus: job.gpus,
+                queued_us: job.queued_us,
+                not_before_us: job.not_before_us,
+            })
             .collect();
         if queued.is_empty() {
             return Ok(());

@@ -231,6 +231,19 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// A queued job as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub id: i64,
+    pub line: String,
+    pub family: String,
+    pub priority: i64,
+    pub gpus: u32,
+    pub queued_us: i64,
+    pub not_before_us: i64,
+    pub queue_timeout_us: i64,
+}
+
 /// One entry of the timeline: what dispatch noticed or did, in words.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -288,6 +301,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     request        TEXT    NOT NULL,
     priority       INTEGER NOT NULL,
     line           TEXT    NOT NULL,
+    family         TEXT    NOT NULL,
+    gpus           INTEGER NOT NULL,
+    queue_timeout_us INTEGER NOT NULL,
     attempt        INTEGER NOT NULL DEFAULT 0,
     not_before_us  INTEGER NOT NULL,
     created_us     INTEGER NOT NULL,
@@ -411,14 +427,18 @@ impl Store {
             serde_json::to_string(request).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let reason = format!("submitted: {}", request.trigger);
         tx.execute(
-            "INSERT INTO jobs (state, dedup_key, request, priority, line, not_before_us,
-                               created_us, updated_us, queued_us, reason)
-             VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?5, ?5, ?5, ?6)",
+            "INSERT INTO jobs (state, dedup_key, request, priority, line, family, gpus,
+                               queue_timeout_us, not_before_us, created_us, updated_us,
+                               queued_us, reason)
+             VALUES ('queued', ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?8, ?9)",
             params![
                 dedup_key,
                 request_json,
                 request.priority,
                 request.line,
+                request.family,
+                request.gpus,
+                i64::try_from(request.queue_timeout.as_micros()).unwrap_or(i64::MAX),
                 now_us,
                 reason
             ],
@@ -617,29 +637,46 @@ impl Store {
     /// measure fair share balances.
     pub fn usage_since(&self, since_us: i64, now_us: i64) -> Result<Vec<(String, f64)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT line, request, COALESCE(started_us, dispatched_us), COALESCE(finished_us, ?2)
+            "SELECT line, SUM(MAX(COALESCE(finished_us, ?2) - MAX(COALESCE(started_us, dispatched_us), ?1), 0)
+                              * MAX(gpus, 1))
              FROM jobs WHERE COALESCE(started_us, dispatched_us) IS NOT NULL
-             AND COALESCE(finished_us, ?2) >= ?1",
+             AND COALESCE(finished_us, ?2) >= ?1 GROUP BY line",
         )?;
         let rows = stmt.query_map(params![since_us, now_us], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, i64>(3)?,
-            ))
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as f64 / 1e6))
         })?;
-        let mut usage: Vec<(String, f64)> = Vec::new();
-        for row in rows {
-            let (line, request, start, end) = row?;
-            let gpus = serde_json::from_str::<JobRequest>(&request).map_or(1, |r| r.gpus.max(1));
-            let seconds = (end - start.max(since_us)).max(0) as f64 / 1e6 * f64::from(gpus);
-            match usage.iter_mut().find(|(l, _)| *l == line) {
-                Some(slot) => slot.1 += seconds,
-                None => usage.push((line, seconds)),
-            }
-        }
-        Ok(usage)
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// What the scheduler needs of every queued job, without decoding whole requests:
+    /// (id, line, family, priority, gpus, queued_us, not_before_us, queue_timeout_us).
+    pub fn queued(&self) -> Result<Vec<QueuedJob>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, line, family, priority, gpus, queued_us, not_before_us, queue_timeout_us
+             FROM jobs WHERE state = 'queued' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok(QueuedJob {
+                id: row.get(0)?,
+                line: row.get(1)?,
+                family: row.get(2)?,
+                priority: row.get(3)?,
+                gpus: row.get(4)?,
+                queued_us: row.get(5)?,
+                not_before_us: row.get(6)?,
+                queue_timeout_us: row.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Pending cancellation requests: (job id, reason), recorded under `prefix<id>`.
+    pub fn kv_with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, value FROM kv WHERE substr(key, 1, length(?1)) = ?1 AND value != ''",
+        )?;
+        let rows = stmt.query_map([prefix], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Appends to the timeline.
@@ -926,6 +963,41 @@ mod tests {
         assert_eq!(store.jobs(&[State::Dispatched], None, 10).unwrap().len(), 1);
         assert_eq!(store.get_kv("k").unwrap().as_deref(), Some("v"));
         assert!(matches!(store.job(99), Err(StoreError::NoSuchJob(99))));
+    }
+
+    #[test]
+    fn usage_counts_gpu_seconds_per_line_within_the_window() {
+        let mut store = Store::in_memory().unwrap();
+        let a = store.submit(&request("a"), 0).unwrap().job().id;
+        let mut two = request("b");
+        two.gpus = 2;
+        let b = store.submit(&two, 0).unwrap().job().id;
+        let c = store.submit(&request("c"), 0).unwrap().job().id;
+        let s = 1_000_000;
+        for (id, start) in [(a, 0), (b, 20 * s)] {
+            store
+                .transition(id, State::Dispatched, "go", Changes::default(), start)
+                .unwrap();
+            store
+                .transition(id, State::Running, "run", Changes::default(), start)
+                .unwrap();
+        }
+        store
+            .transition(b, State::Succeeded, "done", Changes::default(), 25 * s)
+            .unwrap();
+        let usage: std::collections::HashMap<String, f64> = store
+            .usage_since(5 * s, 30 * s)
+            .unwrap()
+            .into_iter()
+            .collect();
+        // a: running since 0, counted from the window's start at 5 s: 25 s × 1 GPU;
+        // b: 5 s × 2 GPUs; c never ran.
+        assert_eq!(usage.get("a"), Some(&25.0));
+        assert_eq!(usage.get("b"), Some(&10.0));
+        assert_eq!(usage.get("c"), None);
+        let queued = store.queued().unwrap();
+        assert_eq!(queued.iter().map(|q| q.id).collect::<Vec<_>>(), vec![c]);
+        assert_eq!((queued[0].gpus, queued[0].queue_timeout_us), (1, 600 * s));
     }
 
     #[test]
