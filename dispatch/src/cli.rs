@@ -37,6 +37,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// These comments are `--help` text, where <placeholders> read naturally.
+#[allow(rustdoc::invalid_html_tags)]
 pub enum Command {
     /// Run dispatch: triggers, the job queue, the GPU pool, the registry and rollouts.
     Serve(Box<ServeArgs>),
@@ -70,6 +72,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(rustdoc::invalid_html_tags)]
 pub enum JobsCommand {
     /// Jobs, oldest first.
     List {
