@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::scheduler::{Candidate, micros};
+use crate::scheduler::{Candidate, micros, order};
 use crate::service::{Shared, now_us};
 use crate::store::{State, StoreError};
 
@@ -192,17 +192,8 @@ async fn queue(AxumState(app): AxumState<App>) -> ApiResult<Response> {
         let usage: HashMap<String, f64> = db.usage_since(now - window, now)?.into_iter().collect();
         Ok((queued, usage))
     })?;
-    // The scheduler's order: priority, then the line's recent use, then age.
-    queued.sort_by(|a, b| {
-        let (ca, cb) = (Candidate::of(a), Candidate::of(b));
-        let ua = usage.get(&ca.line).copied().unwrap_or(0.0);
-        let ub = usage.get(&cb.line).copied().unwrap_or(0.0);
-        cb.priority
-            .cmp(&ca.priority)
-            .then(ua.total_cmp(&ub))
-            .then(ca.queued_us.cmp(&cb.queued_us))
-            .then(ca.id.cmp(&cb.id))
-    });
+    // The scheduler's own order.
+    queued.sort_by(|a, b| order(&Candidate::of(a), &Candidate::of(b), &usage));
     Ok(Json(queued).into_response())
 }
 

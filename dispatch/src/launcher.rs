@@ -34,10 +34,12 @@ impl TrainerLauncher {
 
     /// The champion's artifact of `line`, if the registry has one.
     fn champion(&self, line: &str) -> Option<PathBuf> {
-        let models = self.lake.join("_models").join(line);
-        let version = std::fs::read_to_string(models.join("champion")).ok()?;
-        let artifact = models.join(version.trim()).join("model.safetensors");
-        artifact.exists().then_some(artifact)
+        crate::registry::Registry::open(&self.lake)
+            .ok()?
+            .champion(line)
+            .ok()
+            .flatten()
+            .map(|entry| entry.model_path())
     }
 }
 

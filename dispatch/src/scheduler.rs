@@ -71,6 +71,18 @@ pub struct Pick {
     pub gpus: Vec<u32>,
 }
 
+/// The scheduler's order of queued jobs: higher priority first, then the line that used the
+/// fewest GPU-seconds recently (`usage`), then the longest queued, then the oldest id.
+pub fn order(a: &Candidate, b: &Candidate, usage: &HashMap<String, f64>) -> std::cmp::Ordering {
+    let use_a = usage.get(&a.line).copied().unwrap_or(0.0);
+    let use_b = usage.get(&b.line).copied().unwrap_or(0.0);
+    b.priority
+        .cmp(&a.priority)
+        .then(use_a.total_cmp(&use_b))
+        .then(a.queued_us.cmp(&b.queued_us))
+        .then(a.id.cmp(&b.id))
+}
+
 /// Picks the next job to start, or `None`. `usage` is each line's recent GPU-seconds.
 pub fn pick(
     queued: &[Candidate],
@@ -90,15 +102,7 @@ pub fn pick(
                 && job.gpus <= capacity
                 && !busy.contains(&(job.line.as_str(), job.family.as_str()))
         })
-        .min_by(|a, b| {
-            let use_a = usage.get(&a.line).copied().unwrap_or(0.0);
-            let use_b = usage.get(&b.line).copied().unwrap_or(0.0);
-            b.priority
-                .cmp(&a.priority)
-                .then(use_a.total_cmp(&use_b))
-                .then(a.queued_us.cmp(&b.queued_us))
-                .then(a.id.cmp(&b.id))
-        })?;
+        .min_by(|a, b| order(a, b, usage))?;
     let held: BTreeSet<u32> = in_flight
         .iter()
         .flat_map(|job| job.gpus.iter().copied())
@@ -642,6 +646,15 @@ mod tests {
     use super::*;
     use crate::store::JobRequest;
 
+    /// The store tests' request, with one-minute time-outs.
+    fn request(line: &str) -> JobRequest {
+        JobRequest {
+            queue_timeout: Duration::from_secs(60),
+            run_timeout: Duration::from_secs(60),
+            ..crate::store::tests::request(line)
+        }
+    }
+
     /// A backend whose jobs end as scripted: each submission takes the next outcome.
     #[derive(Debug, Default)]
     struct Scripted {
@@ -724,25 +737,6 @@ mod tests {
                 fair_share_window: Duration::from_secs(3600),
             },
         )
-    }
-
-    fn request(line: &str) -> JobRequest {
-        JobRequest {
-            site: "plant-1".into(),
-            line: line.into(),
-            family: "anomaly-ae".into(),
-            priority: 0,
-            gpus: 1,
-            dedup_key: None,
-            idempotency_key: None,
-            trigger: "test".into(),
-            trigger_kind: "manual".into(),
-            data_from_us: 0,
-            data_to_us: 1,
-            max_attempts: 3,
-            queue_timeout: Duration::from_secs(60),
-            run_timeout: Duration::from_secs(60),
-        }
     }
 
     fn path(d: &mut Dispatcher, id: i64) -> Vec<State> {

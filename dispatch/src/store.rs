@@ -293,6 +293,16 @@ pub struct Changes {
     pub not_before_us: Option<i64>,
 }
 
+impl Changes {
+    /// The GPU indices as stored (a JSON array), if set.
+    fn gpu_text(&self) -> Result<Option<String>> {
+        self.gpu_indices
+            .as_ref()
+            .map(|gpus| serde_json::to_string(gpus).map_err(|e| StoreError::Invalid(e.to_string())))
+            .transpose()
+    }
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -413,12 +423,7 @@ impl Store {
             )
             .optional()?;
         if let Some(id) = active {
-            if let Some(key) = &request.idempotency_key {
-                tx.execute(
-                    "INSERT INTO submissions (idempotency_key, job_id) VALUES (?1, ?2)",
-                    params![key, id],
-                )?;
-            }
+            remember_submission(&tx, request, id)?;
             let job = get_job(&tx, id)?;
             tx.commit()?;
             return Ok(Submitted::Merged { job });
@@ -449,12 +454,7 @@ impl Store {
              VALUES (?1, ?2, NULL, 'queued', ?3)",
             params![id, now_us, reason],
         )?;
-        if let Some(key) = &request.idempotency_key {
-            tx.execute(
-                "INSERT INTO submissions (idempotency_key, job_id) VALUES (?1, ?2)",
-                params![key, id],
-            )?;
-        }
+        remember_submission(&tx, request, id)?;
         let job = get_job(&tx, id)?;
         tx.commit()?;
         Ok(Submitted::Created { job })
@@ -481,12 +481,7 @@ impl Store {
                 to,
             });
         }
-        let gpu_text = match &changes.gpu_indices {
-            Some(gpus) => {
-                Some(serde_json::to_string(gpus).map_err(|e| StoreError::Invalid(e.to_string()))?)
-            }
-            None => None,
-        };
+        let gpu_text = changes.gpu_text()?;
         let requeue = to == State::Queued;
         tx.execute(
             "UPDATE jobs SET
@@ -528,12 +523,7 @@ impl Store {
 
     /// Records what the backend said without a state change (its handle, or the GPUs it chose).
     pub fn record(&mut self, id: i64, changes: Changes, now_us: i64) -> Result<Job> {
-        let gpu_text = match &changes.gpu_indices {
-            Some(gpus) => {
-                Some(serde_json::to_string(gpus).map_err(|e| StoreError::Invalid(e.to_string()))?)
-            }
-            None => None,
-        };
+        let gpu_text = changes.gpu_text()?;
         let updated = self.conn.execute(
             "UPDATE jobs SET updated_us = ?2,
                 backend = COALESCE(?3, backend), handle = COALESCE(?4, handle),
@@ -728,6 +718,17 @@ impl Store {
     }
 }
 
+/// Records that `request`'s idempotency key (if any) names job `id`.
+fn remember_submission(conn: &Connection, request: &JobRequest, id: i64) -> Result<()> {
+    if let Some(key) = &request.idempotency_key {
+        conn.execute(
+            "INSERT INTO submissions (idempotency_key, job_id) VALUES (?1, ?2)",
+            params![key, id],
+        )?;
+    }
+    Ok(())
+}
+
 fn get_job(conn: &Connection, id: i64) -> Result<Job> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
     conn.query_row(&sql, [id], read_job)
@@ -777,7 +778,7 @@ fn read_job(row: &Row<'_>) -> rusqlite::Result<Result<Job>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn request(line: &str) -> JobRequest {
