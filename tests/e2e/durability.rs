@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use loopline_ingest::writer::read_commit_log;
 
@@ -157,7 +157,7 @@ fn two_ingesters_on_a_shared_subscription_land_each_message_once() {
     // Ingest a's own endpoint agrees with its commit log.
     let (status, health) = http_get(metrics_port, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{health}");
-    let (_, text) = http_get(metrics_port, "/metrics");
+    // The counter is bumped just after the commit log's append, so give it a moment to catch up.
     let committed_a: u64 = read_commit_log(&lake.join("_loopline/commits/a.log"))
         .unwrap()
         .iter()
@@ -165,6 +165,14 @@ fn two_ingesters_on_a_shared_subscription_land_each_message_once() {
         .sum();
     let line =
         format!("loopline_ingest_rows_committed_total{{table=\"telemetry\"}} {committed_a}\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (_, text) = http_get(metrics_port, "/metrics");
+        if text.contains(&line) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(text.contains(&line), "{line} not in:\n{text}");
     assert!(
         text.contains("# TYPE loopline_ingest_ack_lag_seconds histogram"),
