@@ -35,6 +35,18 @@ enum Command {
         #[arg(long)]
         listen_v5: Option<SocketAddr>,
     },
+    /// Exit 0 when a Loopline `/healthz` (or other) endpoint answers 200 OK, 1 otherwise: the
+    /// container image's health check, which has no curl.
+    Healthcheck {
+        /// The endpoint's address, e.g. 127.0.0.1:9464 (ingest's `metrics_listen`).
+        address: SocketAddr,
+        /// The path to fetch.
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = loopline_common::duration::parse)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +54,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => run_demo(*args),
         Command::Broker { listen, listen_v5 } => run_broker(listen, listen_v5),
+        Command::Healthcheck {
+            address,
+            path,
+            timeout,
+        } => healthcheck(address, &path, timeout),
         Command::Train(command) => {
             let code = loopline_trainer::main_with(*command);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
@@ -76,6 +93,38 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::from(3)
         })
+    })
+}
+
+fn healthcheck(
+    address: SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(timeout, loopline_common::http::get(address, path)).await
+    });
+    Ok(match answer {
+        Ok(Ok((status, _))) if status.split_whitespace().nth(1) == Some("200") => {
+            println!("http://{address}{path}: {status}");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok((status, body))) => {
+            eprintln!("http://{address}{path}: {status}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("http://{address}{path}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("http://{address}{path}: no answer within {timeout:?}");
+            ExitCode::FAILURE
+        }
     })
 }
 

@@ -6,6 +6,7 @@
 //! - [`tls`]: the TLS files of an `mqtts://` broker and the rustls client (ring) built from them.
 //! - [`config`]: loading a TOML config file with errors that name the file and the key.
 //! - `embedded_broker` (feature `embedded-broker`): rumqttd in-process, for the demo and tests.
+//! - `env` (feature `cli`): `LOOPLINE_<BINARY>_*` variables no setting reads, as an error.
 //! - [`duration`]: human-readable durations (`"1s"`, `"250ms"`) in config files and flags.
 //! - [`logging`]: `tracing` set-up, human or JSON.
 //! - [`http`]: the read-only `/metrics` and `/healthz` endpoint.
@@ -16,6 +17,8 @@ pub mod config;
 pub mod duration;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded_broker;
+#[cfg(feature = "cli")]
+pub mod env;
 pub mod http;
 pub mod logging;
 pub mod shutdown;

@@ -1,11 +1,15 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use loopline_common::{CancellationToken, logging, shutdown};
 use loopline_dispatch::cli::{self, Cli, Command, ServeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = loopline_common::env::check(&Cli::command(), &["LOOPLINE_DISPATCH_"]) {
+        eprintln!("loopline-dispatch: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
     match &cli.command {
         Command::Serve(args) => serve(args),
         Command::PublicKey { state_dir, lake } => {

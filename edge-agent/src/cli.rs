@@ -166,6 +166,14 @@ pub struct Cli {
     #[arg(long, env = "LOOPLINE_AGENT_MODEL_PUBLIC_KEY", value_name = "HEX")]
     pub model_public_key: Option<String>,
 
+    /// File holding that key (64 hex digits), e.g. dispatch's release.pub
+    #[arg(
+        long,
+        env = "LOOPLINE_AGENT_MODEL_PUBLIC_KEY_FILE",
+        value_name = "FILE"
+    )]
+    pub model_public_key_file: Option<PathBuf>,
+
     /// CA certificates (PEM) to trust for an mqtts:// broker
     #[arg(long, env = "LOOPLINE_AGENT_TLS_CA_FILE", value_name = "FILE")]
     pub tls_ca_file: Option<PathBuf>,
@@ -228,6 +236,10 @@ impl Cli {
             (&mut config.tls_ca_file, &self.tls_ca_file),
             (&mut config.tls_client_cert_file, &self.tls_client_cert_file),
             (&mut config.tls_client_key_file, &self.tls_client_key_file),
+            (
+                &mut config.model_public_key_file,
+                &self.model_public_key_file,
+            ),
         ];
         for (target, value) in optional {
             if value.is_some() {

@@ -117,6 +117,11 @@ pub struct AgentConfig {
     /// every release is refused (and reported as such).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_public_key: Option<String>,
+    /// A file holding that key (64 hex digits, surrounding whitespace ignored), such as the
+    /// `release.pub` dispatch writes; instead of `model_public_key`, so that a deployment can
+    /// mount dispatch's public key rather than copy it into every agent's configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_public_key_file: Option<PathBuf>,
     /// PEM file of the certificate authorities to trust for an `mqtts://` broker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
@@ -160,6 +165,7 @@ impl Default for AgentConfig {
             spool_when_full: WhenFull::Block,
             model_file: None,
             model_public_key: None,
+            model_public_key_file: None,
             tls_ca_file: None,
             tls_client_cert_file: None,
             tls_client_key_file: None,
@@ -292,12 +298,28 @@ impl AgentConfig {
                 ),
             ));
         }
-        let model_public_key = match &self.model_public_key {
-            None => None,
-            Some(hex) => Some(
+        let model_public_key = match (&self.model_public_key, &self.model_public_key_file) {
+            (None, None) => None,
+            (Some(hex), None) => Some(
                 loopline_model::release::verifying_key_from_hex(hex)
                     .map_err(|e| bad("model_public_key", e.to_string()))?,
             ),
+            (None, Some(path)) => {
+                let hex = std::fs::read_to_string(path).map_err(|e| {
+                    bad("model_public_key_file", format!("{}: {e}", path.display()))
+                })?;
+                Some(
+                    loopline_model::release::verifying_key_from_hex(hex.trim()).map_err(|e| {
+                        bad("model_public_key_file", format!("{}: {e}", path.display()))
+                    })?,
+                )
+            }
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "model_public_key_file",
+                    "set either model_public_key or model_public_key_file, not both".to_owned(),
+                ));
+            }
         };
         let tls = self.tls();
         self.broker
@@ -450,7 +472,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Breaks = fn(&mut AgentConfig);
-        let cases: [(&str, Breaks); 13] = [
+        let cases: [(&str, Breaks); 15] = [
             ("site", |c| c.site = "a/b".into()),
             ("line", |c| c.line = String::new()),
             ("devices", |c| c.devices.clear()),
@@ -466,6 +488,13 @@ mod tests {
             ("keep_alive", |c| c.keep_alive = Duration::from_millis(10)),
             ("keep_alive", |c| c.keep_alive = Duration::from_secs(70_000)),
             ("client_id_prefix", |c| c.client_id_prefix = " agent".into()),
+            ("model_public_key_file", |c| {
+                c.model_public_key_file = Some("/nonexistent/release.pub".into())
+            }),
+            ("model_public_key_file", |c| {
+                c.model_public_key = Some("00".repeat(32));
+                c.model_public_key_file = Some("/nonexistent/release.pub".into());
+            }),
             ("window", |c| c.window = Duration::from_millis(50)),
             ("window", |c| c.window = Duration::from_secs(60)),
             ("window", |c| {

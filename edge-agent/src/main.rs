@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use loopline_agent::cli::Cli;
 use loopline_agent::{AgentStats, run};
 use loopline_common::{CancellationToken, logging, shutdown};
@@ -17,6 +17,10 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = loopline_common::env::check(&Cli::command(), &["LOOPLINE_AGENT_"]) {
+        eprintln!("loopline-agent: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let config = match cli.load_config() {
         Ok(config) => config,
         Err(e) => {

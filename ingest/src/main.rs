@@ -2,7 +2,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use loopline_common::{CancellationToken, logging, shutdown};
 use loopline_ingest::IngestStats;
 use loopline_ingest::cli::{self, Cli};
@@ -15,6 +15,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = loopline_common::env::check(&Cli::command(), &["LOOPLINE_INGEST_"]) {
+        eprintln!("loopline-ingest: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(cli::Command::Compact(args)) = &cli.command {
         return match compact(args) {
             Ok(()) => ExitCode::SUCCESS,

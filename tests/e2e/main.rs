@@ -5,6 +5,7 @@
 
 mod config_docs;
 mod demo;
+mod deploy;
 mod durability;
 mod evolution;
 mod faults;
