@@ -52,7 +52,7 @@ FENCE = re.compile(r"^(`{3,}|~{3,})\s*(.*)$")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 QUOTED_PLACEHOLDER = re.compile(r"""(["'])""" + re.escape(PLACEHOLDER) + r"""(?=["'/])""")
 QUOTED_TABLE = re.compile(r"""["'](""" + "|".join(TABLES) + r""")["'/]""")
-MODELS = re.compile(r"/_models/")
+MODELS = re.compile(r"""[/"']_models[/"']""")
 
 
 class CookbookError(Exception):
@@ -335,7 +335,7 @@ def differ(ref: Outcome, other: Outcome) -> str | None:
 
 # ----------------------------------------------------------------------------- running
 
-def run(doc: Path, lake: Path, engines: list[str], require: bool, out=sys.stdout, show: bool = False) -> Report:
+def run(doc: Path, lake: Path, engines: list[str], require: bool, out=None, show: bool = False) -> Report:
     report = Report()
     blocks = parse(doc.read_text(encoding="utf-8"))
     lake_str = str(lake)
@@ -344,7 +344,7 @@ def run(doc: Path, lake: Path, engines: list[str], require: bool, out=sys.stdout
         present.add("_models")
 
     def say(line: str) -> None:
-        print(line, file=out, flush=True)
+        print(line, file=out or sys.stdout, flush=True)
 
     for name in engines:
         mine = [b for b in blocks if b.engine == name]
@@ -414,6 +414,9 @@ def run_block(engine: Engine, block: Block, doc: Path, lake: str, present: set, 
         report.failures.append(msg)
         say(f"FAIL  {msg}")
         say(indent(traceback.format_exc()))
+        at = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == str(doc)]
+        if at:
+            say(f"      at {doc.name}:{at[-1]}")
         return Outcome(block, "fail", one_line(e))
     took = time.monotonic() - started
     if table.num_rows == 0:
