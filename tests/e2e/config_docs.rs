@@ -306,13 +306,22 @@ fn dispatch_keys_and_flags_are_documented() {
 }
 
 #[test]
-fn demo_and_broker_flags_are_documented() {
+fn flag_only_commands_are_documented() {
     let loopline = bin("loopline", "loopline");
     let doc = doc();
     let mut problems = Vec::new();
-    for (heading, subcommand) in [("loopline demo", "demo"), ("loopline broker", "broker")] {
-        let options = help_options(&stdout_of(&loopline, &[subcommand, "--help"]));
-        assert!(!options.is_empty(), "no options parsed for {subcommand}");
+    let train = bin("loopline-trainer", "loopline-train");
+    let flag_tables: [(&str, &Path, &[&str]); 5] = [
+        ("loopline demo", &loopline, &["demo"]),
+        ("loopline broker", &loopline, &["broker"]),
+        ("loopline healthcheck", &loopline, &["healthcheck"]),
+        ("loopline-train", &train, &[]),
+        ("loopline-train annotate", &train, &["annotate"]),
+    ];
+    for (heading, program, subcommand) in flag_tables {
+        let args: Vec<&str> = subcommand.iter().copied().chain(["--help"]).collect();
+        let options = help_options(&stdout_of(program, &args));
+        assert!(!options.is_empty(), "no options parsed for {heading}");
         problems.extend(undocumented_flags(
             heading,
             section(&doc, heading),

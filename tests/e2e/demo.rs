@@ -221,6 +221,19 @@ fn demo_closes_the_loop() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+        // Every query of docs/cookbook.md, in every engine, on this lake; the answers agree.
+        let output = Command::new(&python)
+            .arg(root.join("tests/interop/cookbook.py"))
+            .arg(&lake)
+            .output()
+            .expect("running cookbook.py");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "cookbook.py:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        crate::harness::announce(stdout.lines().last().unwrap_or("cookbook.py: no output"));
     } else {
         assert!(
             std::env::var("LOOPLINE_REQUIRE_PYTHON_READERS").as_deref() != Ok("1"),
