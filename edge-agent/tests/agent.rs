@@ -1,9 +1,13 @@
 //! The agent from the outside: the binary's configuration handling, and runs against a real
 //! broker: Mosquitto where it is installed, else the embedded broker (the broker-restart test
-//! needs a broker it can stop and start, so it runs on Mosquitto only and says when it skips).
+//! needs a broker it can stop and start, so it runs on Mosquitto only and says when it skips);
+//! and, in [`install`], the Raspberry Pi installer run into a temporary root.
 
 // A failing set-up step should fail the test loudly; helpers are test code too.
 #![allow(clippy::unwrap_used)]
+
+#[path = "agent/install.rs"]
+mod install;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;

@@ -521,14 +521,77 @@ fn the_image_holds_every_binary_and_runs_as_a_user() {
 }
 
 /// Mosquitto with the shipped config: the listener on a free loopback port and the config and
-/// data folders in `dir`; nothing else changed.
+/// data folders in `dir`; nothing else changed. With `tls`, the two commented TLS listener
+/// examples are switched on as written, on free ports, with a test CA's files in
+/// `config/tls/` ([`Pki`]).
 struct ShippedMosquitto {
     port: u16,
+    /// The server-TLS listener (password logins) and the mutual-TLS one, when switched on.
+    tls_ports: Option<(u16, u16)>,
+    /// The CA of those listeners, to issue device certificates.
+    pki: Option<Pki>,
     _proc: Proc,
+}
+
+/// A test CA, Mosquitto's server certificate for 127.0.0.1, and client certificates, as PEM
+/// files in one folder: `ca.pem`, `server.pem`/`server.key`, `<name>.pem`/`<name>.key`.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Loopline plant CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        let pki = Pki {
+            dir: dir.to_owned(),
+            ca: rcgen::Issuer::new(params, key),
+        };
+        pki.leaf(
+            "server",
+            "127.0.0.1",
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        pki
+    }
+
+    /// `<name>.pem` and `<name>.key`: a certificate whose common name is `common_name`.
+    fn leaf(&self, name: &str, common_name: &str, usage: rcgen::ExtendedKeyUsagePurpose) {
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
 }
 
 impl ShippedMosquitto {
     fn start(dir: &Path) -> Option<ShippedMosquitto> {
+        ShippedMosquitto::start_with(dir, false)
+    }
+
+    fn start_with(dir: &Path, tls: bool) -> Option<ShippedMosquitto> {
         let have = Command::new("mosquitto")
             .arg("-h")
             .stdout(Stdio::null())
@@ -563,13 +626,26 @@ impl ShippedMosquitto {
             std::fs::copy(shipped.join(file), config.join(file)).unwrap();
         }
         let port = free_port();
+        let tls_ports = tls.then(|| (free_port(), free_port()));
+        let pki = tls.then(|| Pki::new(&config.join("tls")));
         let original = std::fs::read_to_string(shipped.join("mosquitto.conf")).unwrap();
         let mut listeners = 0;
+        let mut in_tls_example = false;
         let rendered: String = original
             .lines()
             .map(|line| {
+                // A commented `#listener 88xx` starts a TLS example, which ends at a blank line.
+                in_tls_example =
+                    tls && (line.starts_with("#listener 88") || in_tls_example && !line.is_empty());
+                let line = if in_tls_example { &line[1..] } else { line };
                 if line == "listener 1883" {
                     listeners += 1;
+                    format!("listener {port} 127.0.0.1\n")
+                } else if let (Some((server, mutual)), Some(example)) =
+                    (tls_ports, line.strip_prefix("listener 88"))
+                {
+                    listeners += 1;
+                    let port = if example == "83" { server } else { mutual };
                     format!("listener {port} 127.0.0.1\n")
                 } else {
                     format!(
@@ -581,8 +657,9 @@ impl ShippedMosquitto {
             })
             .collect();
         assert_eq!(
-            listeners, 1,
-            "deploy/mosquitto/mosquitto.conf has one `listener 1883`"
+            listeners,
+            if tls { 3 } else { 1 },
+            "deploy/mosquitto/mosquitto.conf: `listener 1883`, and the TLS examples on 8883 and 8884"
         );
         let conf = dir.join("mosquitto/mosquitto.conf");
         std::fs::write(&conf, rendered).unwrap();
@@ -601,7 +678,22 @@ impl ShippedMosquitto {
         announce(&format!(
             "e2e: mosquitto with deploy/mosquitto/ on 127.0.0.1:{port}"
         ));
-        Some(ShippedMosquitto { port, _proc: proc })
+        for tls_port in tls_ports.iter().flat_map(|(a, b)| [*a, *b]) {
+            while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "TLS listener:\n{}",
+                    proc.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(ShippedMosquitto {
+            port,
+            tls_ports,
+            pki,
+            _proc: proc,
+        })
     }
 
     /// Connects as `user` (or anonymously): the client and its connection, or the broker's
@@ -613,6 +705,7 @@ impl ShippedMosquitto {
     ) -> Result<(Client, Connection), ConnectReturnCode> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", self.port);
         options.set_keep_alive(Duration::from_secs(10));
+        options.set_max_packet_size(16 << 20, 16 << 20);
         if let Some((name, password)) = user {
             options.set_credentials(name, password);
         }
@@ -908,4 +1001,72 @@ fn the_compose_stack_lands_every_devices_data_within_a_minute() {
         let status = proc.wait(Duration::from_secs(45));
         assert!(status.success(), "{} exited with {status}", container.name);
     }
+}
+
+#[test]
+fn the_shipped_tls_listener_examples_carry_agents_with_passwords_and_with_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(broker) = ShippedMosquitto::start_with(dir.path(), true) else {
+        return;
+    };
+    let (server_tls, mutual_tls) = broker.tls_ports.unwrap();
+    let pki = broker.pki.as_ref().unwrap();
+    // On the mutual-TLS listener the certificate's common name is the account.
+    pki.leaf(
+        "press-2",
+        "site-1.line-1.press-2",
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let (ingest, mut ingest_conn) = broker.connect("ingest", Some(INGEST)).unwrap();
+    subscribe(&ingest, &mut ingest_conn, &["loopline/v1/+/+/+/telemetry"]);
+    // Kept polled (keep-alive) while the agents run.
+    let (topics_tx, topics_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(
+        move || {
+            while topics_tx.send(next_message(&mut ingest_conn).0).is_ok() {}
+        },
+    );
+    let agent = |device: &str, broker_url: String, client_cert: bool| {
+        let mut cmd = Command::new(bin("loopline-agent", "loopline-agent"));
+        cmd.args(["--broker", &broker_url])
+            .args(["--site", "site-1", "--line", "line-1", "--devices", device])
+            .args(["--batches", "2"])
+            .arg("--state-dir")
+            .arg(dir.path().join(format!("agent-{device}")))
+            .arg("--tls-ca-file")
+            .arg(pki.path("ca.pem"));
+        if client_cert {
+            cmd.arg("--tls-client-cert-file")
+                .arg(pki.path(&format!("{device}.pem")))
+                .arg("--tls-client-key-file")
+                .arg(pki.path(&format!("{device}.key")));
+        }
+        let out = cmd.env_remove("LOOPLINE_BROKER").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    agent(
+        "press-1",
+        format!("mqtts://{}:{}@127.0.0.1:{server_tls}", PRESS_1.0, PRESS_1.1),
+        false,
+    );
+    agent("press-2", format!("mqtts://127.0.0.1:{mutual_tls}"), true);
+    // Both devices' batches passed the ACL under their accounts: two each.
+    let mut topics: Vec<String> = (0..4)
+        .map(|_| topics_rx.recv_timeout(Duration::from_secs(60)).unwrap())
+        .collect();
+    drop(ingest);
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            "loopline/v1/site-1/line-1/press-1/telemetry",
+            "loopline/v1/site-1/line-1/press-1/telemetry",
+            "loopline/v1/site-1/line-1/press-2/telemetry",
+            "loopline/v1/site-1/line-1/press-2/telemetry",
+        ]
+    );
 }

@@ -8,9 +8,6 @@
 //! here touches the running system's /etc, /usr or systemd: every run of the script gets
 //! `--root` or `--destdir` with a temporary folder.
 
-// A failing set-up step should fail the test loudly; helpers are test code too.
-#![allow(clippy::unwrap_used)]
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -137,11 +134,7 @@ fn mode(path: &Path) -> u32 {
 /// binary on the installed agent.toml, with agent.env's variables as systemd would pass them.
 fn installed_config(top: &Path) -> AgentConfig {
     let mut command = Command::new(top.join(BIN_PATH));
-    command
-        .env_clear()
-        .arg("--config")
-        .arg(top.join(TOML_PATH))
-        .arg("--print-config");
+    command.env_clear().arg("--config").arg(top.join(TOML_PATH));
     for line in fs::read_to_string(top.join(ENV_PATH)).unwrap().lines() {
         if let Some((key, value)) = line.split_once('=')
             && !key.starts_with('#')
@@ -149,17 +142,7 @@ fn installed_config(top: &Path) -> AgentConfig {
             command.env(key, value);
         }
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    AgentConfig::parse(
-        Path::new("--print-config"),
-        &String::from_utf8(output.stdout).unwrap(),
-    )
-    .unwrap()
+    super::print_config(&mut command)
 }
 
 /// A CA certificate (PEM) for `--tls-ca-file`.
