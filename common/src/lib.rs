@@ -9,6 +9,7 @@
 //! - `env` (feature `cli`): `LOOPLINE_<BINARY>_*` variables no setting reads, as an error.
 //! - [`duration`]: human-readable durations (`"1s"`, `"250ms"`) in config files and flags.
 //! - [`logging`]: `tracing` set-up, human or JSON.
+//! - `lake` (feature `lake`): the lake's partition folders, pruned to a time range.
 //! - [`http`]: the read-only `/metrics` and `/healthz` endpoint.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token that every task watches.
 
@@ -20,6 +21,8 @@ pub mod embedded_broker;
 #[cfg(feature = "cli")]
 pub mod env;
 pub mod http;
+#[cfg(feature = "lake")]
+pub mod lake;
 pub mod logging;
 pub mod shutdown;
 pub mod tls;

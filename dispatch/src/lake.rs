@@ -14,14 +14,13 @@
 //! - Times are microseconds since the Unix epoch, UTC; ranges are half-open `[from, to)`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
-use chrono::NaiveDate;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::statistics::Statistics;
@@ -36,9 +35,6 @@ pub const INFERENCE: &str = "inference";
 pub const RECIPE_CHANNEL: &str = "recipe";
 /// The channel that carries the PLC's speed setpoint.
 pub const SPEED_SETPOINT_CHANNEL: &str = "speed_setpoint";
-
-const HOUR_US: i64 = 3_600_000_000;
-const DAY_US: i64 = 24 * HOUR_US;
 
 /// Why the lake could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -102,85 +98,18 @@ pub struct InferenceRow {
 
 /// The Parquet files of `table` for one (site, line) whose `date=`/`hour=` partition overlaps
 /// `range`, in path order. A line with no folder yet has no files.
-pub fn partition_files(
+fn partition_files(
     lake: &Path,
     table: &str,
     site: &str,
     line: &str,
     range: TimeRange,
 ) -> Result<Vec<PathBuf>> {
-    let root = lake
-        .join(table)
-        .join(format!("site={site}"))
-        .join(format!("line={line}"));
-    let mut files = Vec::new();
-    for (date_dir, date) in list_dirs(&root, "date=")? {
-        let Ok(day) = NaiveDate::parse_from_str(&date, "%Y-%m-%d") else {
-            continue;
-        };
-        let day_us = (day - epoch()).num_days() * DAY_US;
-        if !range.overlaps(day_us, day_us + DAY_US - 1) {
-            continue;
-        }
-        for (hour_dir, hour) in list_dirs(&date_dir, "hour=")? {
-            let Ok(hour) = hour.parse::<i64>() else {
-                continue;
-            };
-            let start = day_us + hour * HOUR_US;
-            if !range.overlaps(start, start + HOUR_US - 1) {
-                continue;
-            }
-            let entries = fs::read_dir(&hour_dir).map_err(|source| LakeError::Io {
-                path: hour_dir.clone(),
-                source,
-            })?;
-            for entry in entries {
-                let path = entry
-                    .map_err(|source| LakeError::Io {
-                        path: hour_dir.clone(),
-                        source,
-                    })?
-                    .path();
-                if path.extension().is_some_and(|e| e == "parquet") {
-                    files.push(path);
-                }
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn epoch() -> NaiveDate {
-    NaiveDate::default()
-}
-
-/// Subfolders of `dir` named `<prefix><value>`, with their value; none when `dir` is absent.
-fn list_dirs(dir: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(LakeError::Io {
-                path: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| LakeError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let name = entry.file_name();
-        if let Some(value) = name.to_str().and_then(|n| n.strip_prefix(prefix))
-            && entry.path().is_dir()
-        {
-            out.push((entry.path(), value.to_owned()));
-        }
-    }
-    Ok(out)
+    loopline_common::lake::partition_files(lake, table, site, line, range.from_us, range.to_us)
+        .map_err(|e| LakeError::Io {
+            path: e.path,
+            source: e.source,
+        })
 }
 
 /// A column a reader wants: its name and whether a file may lack it.

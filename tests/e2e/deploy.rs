@@ -26,7 +26,7 @@ use rumqttc::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::harness::{Proc, announce, bin, free_port, lake_rows};
+use crate::harness::{Proc, announce, bin, free_port, http_get, lake_rows, wait_for_port};
 
 /// The image every Loopline service of compose.yaml runs.
 const IMAGE: &str = "loopline:latest";
@@ -262,12 +262,11 @@ fn release_key(stack: &mut Stack, compose: &Compose) {
         .into_iter()
         .find(|(_, s)| s.command.first().map(String::as_str) == Some("loopline-dispatch"))
         .expect("a dispatch service");
-    let container = stack.container(name, dispatch);
-    let mut cmd = Command::new(&container.program);
-    cmd.arg("public-key")
-        .env_clear()
-        .envs(container.env.iter().map(|(k, v)| (k, v)));
-    let out = cmd.output().expect("loopline-dispatch public-key");
+    let container = Container {
+        args: vec!["public-key".to_owned()],
+        ..stack.container(name, dispatch)
+    };
+    let out = container.output(&[]);
     assert!(
         out.status.success(),
         "{}",
@@ -666,28 +665,12 @@ impl ShippedMosquitto {
         let mut cmd = Command::new("mosquitto");
         cmd.arg("-c").arg(&conf);
         let proc = Proc::spawn("mosquitto-shipped", cmd, dir);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto with the shipped config did not listen:\n{}",
-                proc.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        for port in std::iter::once(port).chain(tls_ports.iter().flat_map(|(a, b)| [*a, *b])) {
+            wait_for_port(port, "mosquitto with the shipped config");
         }
         announce(&format!(
             "e2e: mosquitto with deploy/mosquitto/ on 127.0.0.1:{port}"
         ));
-        for tls_port in tls_ports.iter().flat_map(|(a, b)| [*a, *b]) {
-            while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "TLS listener:\n{}",
-                    proc.stderr()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
         Some(ShippedMosquitto {
             port,
             tls_ports,
@@ -990,7 +973,7 @@ fn the_compose_stack_lands_every_devices_data_within_a_minute() {
         .find(|((service, _), _)| service == "ingest")
         .map(|(_, port)| *port)
         .expect("ingest's metrics port");
-    let (_, metrics) = crate::harness::http_get(ingest_port, "/metrics");
+    let (_, metrics) = http_get(ingest_port, "/metrics");
     for reason in ["identity_mismatch", "topic", "undecodable"] {
         let line = format!("loopline_ingest_quarantined_total{{reason=\"{reason}\"}} 0\n");
         assert!(metrics.contains(&line), "{line} not in\n{metrics}");

@@ -67,6 +67,15 @@ pub enum TrainError {
     Internal(String),
 }
 
+impl From<loopline_common::lake::LakeIoError> for TrainError {
+    fn from(e: loopline_common::lake::LakeIoError) -> TrainError {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 impl TrainError {
     /// The process exit code of this failure (see the crate docs for the contract).
     pub fn exit_code(&self) -> i32 {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -26,97 +26,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{Result, TrainError};
 
-/// Microseconds in an hour: the partition grain.
-pub const HOUR_US: i64 = 3_600_000_000;
-
-/// The Parquet files of `table` for `site`/`line` whose hour partition overlaps
-/// `[from_us, to_us)`, sorted by path. A table or line folder that does not exist holds none.
-pub fn partition_files(
-    lake: &Path,
-    table: &str,
-    site: &str,
-    line: &str,
-    from_us: i64,
-    to_us: i64,
-) -> Result<Vec<PathBuf>> {
-    let root = lake
-        .join(table)
-        .join(format!("site={site}"))
-        .join(format!("line={line}"));
-    let mut files = Vec::new();
-    for (date_dir, date) in sub_dirs(&root, "date=")? {
-        let Ok(day) = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d") else {
-            continue;
-        };
-        let Some(day_start) = day
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp_micros())
-        else {
-            continue;
-        };
-        if day_start >= to_us || day_start + 24 * HOUR_US <= from_us {
-            continue;
-        }
-        for (hour_dir, hour) in sub_dirs(&date_dir, "hour=")? {
-            let Ok(hour) = hour.parse::<i64>() else {
-                continue;
-            };
-            let start = day_start + hour * HOUR_US;
-            if start >= to_us || start + HOUR_US <= from_us {
-                continue;
-            }
-            files.extend(parquet_files(&hour_dir)?);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// Sub-folders of `dir` named `<prefix><value>`, with the value; none when `dir` is absent.
-fn sub_dirs(dir: &Path, prefix: &str) -> Result<Vec<(PathBuf, String)>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(TrainError::io(dir)(e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(TrainError::io(dir))?;
-        let name = entry.file_name();
-        let Some(value) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
-            continue;
-        };
-        if entry
-            .file_type()
-            .map_err(TrainError::io(entry.path()))?
-            .is_dir()
-        {
-            out.push((entry.path(), value.to_owned()));
-        }
-    }
-    Ok(out)
-}
-
-/// The finished Parquet files directly in `dir`; none when `dir` is absent.
-pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(TrainError::io(dir)(e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(TrainError::io(dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || name.starts_with('_') || !name.ends_with(".parquet") {
-            continue;
-        }
-        out.push(entry.path());
-    }
-    out.sort();
-    Ok(out)
-}
+pub use loopline_common::lake::{HOUR_US, parquet_files, partition_files};
 
 /// Every record batch of `path`, reading only `columns` that the file has.
 pub(crate) fn read_batches(path: &Path, columns: &[&str]) -> Result<Vec<RecordBatch>> {
@@ -515,46 +425,6 @@ pub fn read_sim_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partitions_outside_the_range_are_not_listed() {
-        let lake = tempfile::tempdir().unwrap();
-        let base = lake.path().join("telemetry/site=s/line=l");
-        for (date, hour) in [
-            ("2026-01-01", "00"),
-            ("2026-01-01", "01"),
-            ("2026-01-02", "05"),
-        ] {
-            let dir = base.join(format!("date={date}/hour={hour}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("part-a-00000000.parquet"), b"x").unwrap();
-            std::fs::write(dir.join(".part-a-00000001.parquet.tmp"), b"x").unwrap();
-        }
-        std::fs::create_dir_all(
-            lake.path()
-                .join("telemetry/site=s/line=other/date=2026-01-01/hour=00"),
-        )
-        .unwrap();
-        let t0 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
-        let files = partition_files(
-            lake.path(),
-            "telemetry",
-            "s",
-            "l",
-            t0 + HOUR_US + 5,
-            t0 + 2 * HOUR_US,
-        )
-        .unwrap();
-        assert_eq!(files.len(), 1);
-        assert!(files[0].to_string_lossy().contains("hour=01"));
-        let all = partition_files(lake.path(), "telemetry", "s", "l", 0, i64::MAX / 2).unwrap();
-        assert_eq!(all.len(), 3);
-        assert!(
-            partition_files(lake.path(), "inference", "s", "l", 0, i64::MAX / 2)
-                .unwrap()
-                .is_empty()
-        );
-    }
 
     #[test]
     fn a_corrupt_file_is_bad_input_and_a_missing_one_retryable() {
