@@ -133,12 +133,21 @@ pub struct ServeArgs {
     /// Model family trained and rolled out.
     #[arg(long, env = "LOOPLINE_DISPATCH_FAMILY")]
     pub family: Option<String>,
-    /// MQTT broker, mqtt://host:port.
+    /// MQTT broker, mqtt://[user:password@]host:port or mqtts://… (TLS).
     #[arg(long, env = "LOOPLINE_BROKER")]
     pub broker: Option<BrokerUrl>,
     /// MQTT client id.
     #[arg(long, env = "LOOPLINE_DISPATCH_CLIENT_ID")]
     pub client_id: Option<String>,
+    /// PEM CA bundle to trust for an mqtts:// broker.
+    #[arg(long, env = "LOOPLINE_DISPATCH_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate by certificate.
+    #[arg(long, env = "LOOPLINE_DISPATCH_TLS_CLIENT_CERT_FILE")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert-file.
+    #[arg(long, env = "LOOPLINE_DISPATCH_TLS_CLIENT_KEY_FILE")]
+    pub tls_client_key_file: Option<PathBuf>,
     /// Address of the HTTP API, /metrics and /healthz.
     #[arg(long, env = "LOOPLINE_DISPATCH_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -226,6 +235,15 @@ impl ServeArgs {
         set!(fair_share_window, log_format);
         if self.state_dir.is_some() {
             config.state_dir.clone_from(&self.state_dir);
+        }
+        for (value, field) in [
+            (&self.tls_ca_file, &mut config.tls_ca_file),
+            (&self.tls_client_cert_file, &mut config.tls_client_cert_file),
+            (&self.tls_client_key_file, &mut config.tls_client_key_file),
+        ] {
+            if value.is_some() {
+                field.clone_from(value);
+            }
         }
         if self.slurm_partition.is_some() {
             config.slurm_partition.clone_from(&self.slurm_partition);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use loopline_common::BrokerUrl;
 use loopline_common::logging::LogFormat;
+use loopline_common::tls::TlsConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::PromotionRules;
@@ -14,6 +15,9 @@ use crate::rollout::RolloutPolicy;
 use crate::scheduler::RetryPolicy;
 use crate::triggers::TriggerConfig;
 use crate::{Error, Result};
+
+/// Keep-alive of dispatch's MQTT connection.
+const MQTT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Where training jobs run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -45,6 +49,13 @@ pub struct DispatchConfig {
     pub broker: BrokerUrl,
     /// MQTT client id.
     pub client_id: String,
+    /// PEM CA bundle to trust for an `mqtts://` broker (required for one).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate by certificate (needs
+    /// `tls_client_key_file`).
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: Option<PathBuf>,
     /// Address of the HTTP API, `/metrics` and `/healthz`.
     pub listen: SocketAddr,
     /// Where training jobs run: `local` or `slurm`.
@@ -102,6 +113,9 @@ impl Default for DispatchConfig {
             family: "anomaly-ae".into(),
             broker: BrokerUrl::new("127.0.0.1", 1883),
             client_id: "loopline-dispatch".into(),
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 9300)),
             backend: BackendKind::Local,
             gpus: 4,
@@ -162,7 +176,25 @@ impl DispatchConfig {
         if self.tick.is_zero() || self.evaluate_interval.is_zero() {
             return bad("tick/evaluate_interval", "must be longer than zero".into());
         }
+        self.mqtt_options()?;
         Ok(())
+    }
+
+    /// The TLS files in effect.
+    pub fn tls(&self) -> TlsConfig {
+        TlsConfig {
+            ca_file: self.tls_ca_file.clone(),
+            client_cert_file: self.tls_client_cert_file.clone(),
+            client_key_file: self.tls_client_key_file.clone(),
+        }
+    }
+
+    /// The MQTT connection's options: the broker, its credentials and, for `mqtts://`, the
+    /// TLS files (read here, so a missing or bad file is an error at start-up).
+    pub fn mqtt_options(&self) -> Result<rumqttc::MqttOptions> {
+        self.broker
+            .mqtt_options_tls(&self.client_id, MQTT_KEEP_ALIVE, &self.tls())
+            .map_err(|e| Error::Config(e.to_string()))
     }
 
     /// The trainer command: the configured one, or `loopline-train` beside `exe`.
@@ -212,5 +244,32 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert_eq!(err, "gpus_per_job: 3 is more than the pool's 2 GPUs");
+    }
+
+    #[test]
+    fn tls_files_need_an_mqtts_broker_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let plain = DispatchConfig {
+            tls_ca_file: Some(ca.clone()),
+            ..DispatchConfig::default()
+        };
+        let err = plain.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("ca_file set, but the broker address is plain MQTT"),
+            "{err}"
+        );
+        let missing = DispatchConfig {
+            broker: "mqtts://127.0.0.1:8883".parse().unwrap(),
+            ..plain
+        };
+        let err = missing.validate().unwrap_err().to_string();
+        assert!(err.contains(&ca.display().to_string()), "{err}");
+        let without_ca = DispatchConfig {
+            broker: "mqtts://127.0.0.1:8883".parse().unwrap(),
+            ..DispatchConfig::default()
+        };
+        let err = without_ca.validate().unwrap_err().to_string();
+        assert!(err.contains("ca_file"), "{err}");
     }
 }

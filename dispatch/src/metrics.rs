@@ -29,6 +29,10 @@ pub struct Metrics {
     pub time_to_running: Histogram,
     /// Promotions, rejections and rollbacks (`outcome` label).
     pub models: Family<Labels, Counter>,
+    /// 1 while the MQTT connection that carries releases is up.
+    pub broker_connected: Gauge,
+    /// Model reports received from the agents.
+    pub model_reports: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +74,18 @@ impl Metrics {
         );
         let models = Family::<Labels, Counter>::default();
         registry.register("models", "Candidate models, by outcome", models.clone());
+        let broker_connected = Gauge::default();
+        registry.register(
+            "broker_connected",
+            "1 while the MQTT connection that carries releases is up",
+            broker_connected.clone(),
+        );
+        let model_reports = Counter::default();
+        registry.register(
+            "model_reports",
+            "Model reports received from the agents",
+            model_reports.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             jobs,
@@ -79,6 +95,8 @@ impl Metrics {
             decisions,
             time_to_running,
             models,
+            broker_connected,
+            model_reports,
         }
     }
 

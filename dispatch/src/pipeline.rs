@@ -350,24 +350,28 @@ fn devices_of(shared: &Shared, line: &str) -> Result<Vec<String>> {
 /// Runs rollouts until `shutdown`: owns the MQTT connection.
 pub async fn rollout_task(
     shared: Arc<Shared>,
+    options: rumqttc::MqttOptions,
     mut commands: mpsc::UnboundedReceiver<RolloutCommand>,
     shutdown: CancellationToken,
 ) {
-    let options = shared
-        .config
-        .broker
-        .mqtt_options(&shared.config.client_id, Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let mut active: BTreeMap<String, Rollout> = load_rollouts(&shared);
     let (reports_tx, mut reports) = mpsc::unbounded_channel::<(String, String, ModelReport)>();
     let connection = {
         let client = client.clone();
         let shutdown = shutdown.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
+            let mut connected = false;
             loop {
                 tokio::select! {
                     event = eventloop.poll() => match event {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            if !connected {
+                                info!(broker = %shared.config.broker, "connected to the broker");
+                            }
+                            connected = true;
+                            shared.metrics.broker_connected.set(1);
                             if let Err(e) = client.subscribe(topic::MODEL_REPORT_FILTER, QoS::AtLeastOnce).await {
                                 warn!(error = %e, "subscribing to model reports failed");
                             }
@@ -377,6 +381,7 @@ pub async fn rollout_task(
                             if parsed.kind != Kind::ModelReport {
                                 continue;
                             }
+                            shared.metrics.model_reports.inc();
                             match ModelReport::decode(publish.payload.as_ref()) {
                                 Ok(report) => {
                                     let _ = reports_tx.send((parsed.device.line.clone(), parsed.device.device.clone(), report));
@@ -386,7 +391,13 @@ pub async fn rollout_task(
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            debug!(error = %e, "MQTT connection to the broker failed; retrying");
+                            shared.metrics.broker_connected.set(0);
+                            if connected {
+                                warn!(broker = %shared.config.broker, error = %e, "lost the broker; reconnecting");
+                            } else {
+                                debug!(error = %e, "MQTT connection to the broker failed; retrying");
+                            }
+                            connected = false;
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     },

@@ -216,6 +216,7 @@ pub fn backend(config: &DispatchConfig) -> Result<Arc<dyn Backend>> {
 /// Starts dispatch: the loop, the API and the event task.
 pub async fn start(config: DispatchConfig, shutdown: CancellationToken) -> Result<RunningDispatch> {
     config.validate()?;
+    let mqtt = config.mqtt_options()?;
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| Error::Io(format!("state folder {}", state_dir.display()), e))?;
@@ -304,6 +305,7 @@ pub async fn start(config: DispatchConfig, shutdown: CancellationToken) -> Resul
     )));
     tasks.push(tokio::spawn(pipeline::rollout_task(
         shared.clone(),
+        mqtt,
         rollouts_rx,
         shutdown.clone(),
     )));

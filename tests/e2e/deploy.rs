@@ -7,7 +7,9 @@
 //! - Mosquitto running `deploy/mosquitto/` (only the listener and three paths changed) enforces
 //!   the accounts and the ACL as documented;
 //! - the compose stack's services, run as processes with compose's commands and environment
-//!   against that broker, land every device's data in the lake within a minute.
+//!   against that broker, land every device's data in the lake within a minute;
+//! - the config's TLS listener examples, switched on, carry agents and dispatch, with passwords
+//!   and with client certificates.
 //!
 //! A "container" here is the service's command and environment with the compose network's
 //! names rewritten for one machine: `mosquitto:1883` becomes the test broker's address, each
@@ -987,7 +989,7 @@ fn the_compose_stack_lands_every_devices_data_within_a_minute() {
 }
 
 #[test]
-fn the_shipped_tls_listener_examples_carry_agents_with_passwords_and_with_certificates() {
+fn the_shipped_tls_listener_examples_carry_agents_and_dispatch_with_passwords_and_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let Some(broker) = ShippedMosquitto::start_with(dir.path(), true) else {
         return;
@@ -1051,5 +1053,71 @@ fn the_shipped_tls_listener_examples_carry_agents_with_passwords_and_with_certif
             "loopline/v1/site-1/line-1/press-2/telemetry",
             "loopline/v1/site-1/line-1/press-2/telemetry",
         ]
+    );
+
+    // Dispatch on both listeners, as its account: it connects and receives the two devices'
+    // retained model reports, which the ACL lets only service accounts read.
+    pki.leaf(
+        "dispatch",
+        DISPATCH.0,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let dispatch = |name: &str, broker_url: String, client_cert: bool| {
+        let listen = free_port();
+        let mut cmd = Command::new(bin("loopline-dispatch", "loopline-dispatch"));
+        cmd.arg("serve")
+            .args(["--broker", &broker_url, "--site", "site-1"])
+            .args(["--client-id", name, "--listen"])
+            .arg(format!("127.0.0.1:{listen}"))
+            .arg("--lake")
+            .arg(dir.path().join(format!("{name}-lake")))
+            .arg("--tls-ca-file")
+            .arg(pki.path("ca.pem"));
+        if client_cert {
+            cmd.arg("--tls-client-cert-file")
+                .arg(pki.path("dispatch.pem"))
+                .arg("--tls-client-key-file")
+                .arg(pki.path("dispatch.key"));
+        }
+        cmd.env_remove("LOOPLINE_BROKER");
+        let mut proc = Proc::spawn(name, cmd, dir.path());
+        wait_for_port(listen, name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, metrics) = http_get(listen, "/metrics");
+            let value = |name: &str| -> f64 {
+                metrics
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                    .unwrap_or(0.0)
+            };
+            if value("loopline_dispatch_broker_connected") == 1.0
+                && value("loopline_dispatch_model_reports_total") >= 2.0
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not connect over TLS and read the two model reports:\n{metrics}\n{}",
+                proc.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        proc.terminate();
+        let status = proc.wait(Duration::from_secs(30));
+        assert!(status.success(), "{name} exited with {status}");
+    };
+    dispatch(
+        "dispatch-password",
+        format!(
+            "mqtts://{}:{}@127.0.0.1:{server_tls}",
+            DISPATCH.0, DISPATCH.1
+        ),
+        false,
+    );
+    dispatch(
+        "dispatch-certificate",
+        format!("mqtts://127.0.0.1:{mutual_tls}"),
+        true,
     );
 }

@@ -410,7 +410,11 @@ impl Broker {
 pub fn http_get(port: u16, path: &str) -> (String, String) {
     use std::io::Read;
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the endpoint");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("request");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("response");
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
