@@ -200,6 +200,9 @@ pub struct CompactReport {
     pub staging_cleaned: usize,
     /// Old partition folders deleted at the start, their grace over.
     pub trash_removed: usize,
+    /// The run was asked to stop ([`compact_until`]) before it reached every closed
+    /// partition; those left are as they were.
+    pub stopped: bool,
     /// One entry per partition compacted.
     pub partitions: Vec<PartitionReport>,
 }
@@ -312,14 +315,27 @@ pub fn read_compaction_log(path: &Path) -> Result<Vec<(usize, CompactionRecord)>
 
 /// Compacts every closed partition of every table, as `options` say, with `now` as the clock.
 pub fn compact(options: &CompactOptions, now: DateTime<Utc>) -> Result<CompactReport> {
-    run(options, now, &mut |_| Ok(()))
+    run(options, now, &|| false, &mut |_| Ok(()))
 }
 
-/// [`compact`], calling `before_swap` with each live partition folder once its new files are
-/// staged, before the lake lock is taken for the swap: a test commits late files there.
+/// [`compact`], asking `stop` before each partition: once it says yes, the run ends there
+/// with [`CompactReport::stopped`] set. Every partition is then either swapped whole or not
+/// touched, and the next run takes up the rest. How `loopline-ingest compact` honours SIGTERM.
+pub fn compact_until(
+    options: &CompactOptions,
+    now: DateTime<Utc>,
+    stop: &dyn Fn() -> bool,
+) -> Result<CompactReport> {
+    run(options, now, stop, &mut |_| Ok(()))
+}
+
+/// [`compact_until`], calling `before_swap` with each live partition folder once its new
+/// files are staged, before the lake lock is taken for the swap: a test commits late files
+/// there.
 pub(crate) fn run(
     options: &CompactOptions,
     now: DateTime<Utc>,
+    stop: &dyn Fn() -> bool,
     before_swap: &mut dyn FnMut(&Path) -> Result<()>,
 ) -> Result<CompactReport> {
     let zstd = options.check()?;
@@ -363,7 +379,7 @@ pub(crate) fn run(
     };
     let closed_before_us = now_us.saturating_sub(micros(options.lateness));
     let mut k = 0;
-    for table in writer::TABLES {
+    'tables: for table in writer::TABLES {
         let root = lake.join(table);
         if !root.is_dir() {
             continue;
@@ -380,6 +396,10 @@ pub(crate) fn run(
             sorted_by,
         };
         for dir in closed_partitions(lake, table.name, closed_before_us)? {
+            if stop() {
+                report.stopped = true;
+                break 'tables;
+            }
             let live = lake.join(&dir);
             let Some(listing) = list_partition(&live)? else {
                 tracing::warn!(dir = %live.display(), "partition holds a folder; left as it is");
@@ -446,7 +466,13 @@ pub(crate) fn run(
         files_before = report.files_before,
         files_after = report.files_after,
         dry_run = report.dry_run,
-        "compaction done"
+        stopped = report.stopped,
+        "{}",
+        if report.stopped {
+            "compaction stopped early; the next run takes up the partitions left"
+        } else {
+            "compaction done"
+        }
     );
     Ok(report)
 }
@@ -1336,7 +1362,7 @@ mod tests {
         let before = rows(&live);
         let now = DateTime::from_timestamp_micros(T0 + 3 * HOUR_US).unwrap();
         let mut late = Vec::new();
-        let report = run(&CompactOptions::new(lake), now, &mut |dir| {
+        let report = run(&CompactOptions::new(lake), now, &|| false, &mut |dir| {
             assert_eq!(dir, live);
             // The ingester commits between the read and the swap.
             commit(&mut w, 3);
@@ -1372,7 +1398,7 @@ mod tests {
         let live = lake.join(PARTITION);
         let before = names(&live);
         let now = DateTime::from_timestamp_micros(T0 + 3 * HOUR_US).unwrap();
-        let err = run(&CompactOptions::new(lake), now, &mut |_| {
+        let err = run(&CompactOptions::new(lake), now, &|| false, &mut |_| {
             Err(Error::Internal("killed".into()))
         })
         .unwrap_err();

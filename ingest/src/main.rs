@@ -60,11 +60,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// One compaction run. SIGINT or SIGTERM stops it after the partition in progress (a second
+/// signal exits at once); what it did is reported either way, and exits 0.
 fn compact(args: &loopline_ingest::compact::CompactArgs) -> anyhow::Result<()> {
     logging::init(Default::default(), "info")?;
     let options = args.options().context("invalid compaction settings")?;
-    let report = loopline_ingest::compact::compact(&options, chrono::Utc::now())
-        .with_context(|| format!("compacting {}", options.lake.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let token = CancellationToken::new();
+    runtime.block_on(async { shutdown::cancel_on_signal(token.clone()) });
+    // Compaction's errors name the file or folder they are about.
+    let report = loopline_ingest::compact::compact_until(&options, chrono::Utc::now(), &|| {
+        token.is_cancelled()
+    })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

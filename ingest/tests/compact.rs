@@ -18,7 +18,8 @@ use arrow_schema::{Field, Schema};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use loopline_ingest::compact::{
-    COMPACTION_LOG, CompactArgs, CompactOptions, STAGING_DIR, TRASH_DIR, compact, live_files,
+    COMPACTION_LOG, CompactArgs, CompactOptions, STAGING_DIR, TRASH_DIR, compact, compact_until,
+    live_files,
 };
 use loopline_ingest::lock::{COMPACT_LOCK, LockFile};
 use loopline_ingest::writer::{LakeWriter, WriterOptions};
@@ -347,6 +348,43 @@ fn closed_partitions_are_merged_sorted_and_keep_every_row() {
     let again = compact(&options(lake), now_closing_two_hours()).unwrap();
     assert_eq!(again.partitions_compacted, 0);
     assert_eq!(again.files_before, 0);
+    assert_eq!(all_partitions(lake), before);
+    assert_logs_match_disk(lake);
+}
+
+#[test]
+fn a_stopped_run_swaps_whole_partitions_and_the_next_run_takes_up_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path();
+    build_lake(lake, 3);
+    let before = all_partitions(lake);
+    let closed = DATA_TABLES.len() * 2 * 2;
+
+    // Asked to stop before the fourth partition, as SIGTERM would.
+    let asked = AtomicU64::new(0);
+    let report = compact_until(&options(lake), now_closing_two_hours(), &|| {
+        asked.fetch_add(1, Ordering::SeqCst) >= 3
+    })
+    .unwrap();
+    assert!(report.stopped);
+    assert_eq!(report.partitions_compacted, 3);
+    assert_eq!(report.partitions.len(), 3);
+    assert_eq!(all_partitions(lake), before, "rows moved or lost");
+    assert_logs_match_disk(lake);
+    let swapped: Vec<&str> = report.partitions.iter().map(|p| p.dir.as_str()).collect();
+    for (d, _) in before.iter().filter(|(d, _)| !d.ends_with("hour=12")) {
+        let names = files_in(lake, d);
+        if swapped.contains(&d.as_str()) {
+            assert_eq!(names.len(), 1, "{d}: {names:?}");
+        } else {
+            assert_eq!(names.len(), 3, "{d} was touched: {names:?}");
+        }
+    }
+    assert_eq!(fs::read_dir(lake.join(STAGING_DIR)).unwrap().count(), 0);
+
+    let rest = compact(&options(lake), now_closing_two_hours()).unwrap();
+    assert!(!rest.stopped);
+    assert_eq!(rest.partitions_compacted, closed - 3);
     assert_eq!(all_partitions(lake), before);
     assert_logs_match_disk(lake);
 }
