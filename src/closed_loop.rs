@@ -240,6 +240,8 @@ pub fn dispatch_config(
             // The canary's windows reach the lake a roll_age after they are scored.
             probation: Duration::from_secs(20),
             min_windows: 8,
+            // A loaded machine can hold the windows back a while longer.
+            evidence_wait: Duration::from_secs(20),
             line_deadline: Duration::from_secs(30),
             ..RolloutPolicy::defaults()
         },

@@ -51,6 +51,12 @@ pub struct RolloutPolicy {
     /// Fewest windows the canary, and the baseline devices together, must have scored before
     /// they are compared.
     pub min_windows: u64,
+    /// How long past the probation's end a rollout still waits for the windows it lacks
+    /// before rolling back: window statistics come from the lake, which lags the devices by
+    /// up to ingest's `roll_age` (more on a loaded ingest). A verdict of "worse" still rolls
+    /// back at once.
+    #[serde(with = "loopline_common::duration")]
+    pub evidence_wait: Duration,
     /// The canary is worse when its anomaly rate exceeds the baseline's by more than this
     /// (an absolute difference of rates, e.g. 0.02 = two points).
     pub anomaly_rate_margin: f64,
@@ -65,13 +71,14 @@ pub struct RolloutPolicy {
 
 impl RolloutPolicy {
     /// Five minutes for the canary to switch, a 30-minute probation judged on at least 300
-    /// windows, a margin of 2 points of anomaly rate, 1.5 × the p95 latency, ten minutes for
-    /// the line.
+    /// windows (waiting up to five more minutes for them), a margin of 2 points of anomaly
+    /// rate, 1.5 × the p95 latency, ten minutes for the line.
     pub const fn defaults() -> RolloutPolicy {
         RolloutPolicy {
             canary_deadline: Duration::from_secs(5 * 60),
             probation: Duration::from_secs(30 * 60),
             min_windows: 300,
+            evidence_wait: Duration::from_secs(5 * 60),
             anomaly_rate_margin: 0.02,
             latency_factor: 1.5,
             line_deadline: Duration::from_secs(10 * 60),
@@ -299,7 +306,15 @@ impl Rollout {
     pub fn deadline_us(&self) -> Option<i64> {
         let limit = match self.phase {
             Phase::Canary => self.policy.canary_deadline,
-            Phase::Probation => self.policy.probation,
+            // A verdict of "not worse" ends the probation on time; without one, the rollout
+            // waits for the evidence a little longer.
+            Phase::Probation => match self.last_verdict {
+                Some(Verdict::NotWorse(_)) => self.policy.probation,
+                _ => self
+                    .policy
+                    .probation
+                    .saturating_add(self.policy.evidence_wait),
+            },
             Phase::Line => self.policy.line_deadline,
             Phase::Done | Phase::RolledBack { .. } => return None,
         };
@@ -464,12 +479,18 @@ impl Rollout {
                 ),
                 Some(Verdict::TooFew(why)) => self.roll_back(
                     now_us,
-                    format!("probation ended without enough evidence: {why}"),
+                    format!(
+                        "probation ended without enough evidence after {:?} and {:?} more: {why}",
+                        self.policy.probation, self.policy.evidence_wait
+                    ),
                 ),
                 Some(Verdict::Worse(why)) => self.roll_back(now_us, why),
                 None => self.roll_back(
                     now_us,
-                    "probation ended without window statistics".to_owned(),
+                    format!(
+                        "probation ended without window statistics after {:?} and {:?} more",
+                        self.policy.probation, self.policy.evidence_wait
+                    ),
                 ),
             },
             Phase::Line => {
@@ -622,6 +643,7 @@ mod tests {
             canary_deadline: Duration::from_secs(60),
             probation: Duration::from_secs(600),
             min_windows: 100,
+            evidence_wait: Duration::from_secs(120),
             anomaly_rate_margin: 0.02,
             latency_factor: 1.5,
             line_deadline: Duration::from_secs(300),
@@ -852,22 +874,55 @@ mod tests {
     }
 
     #[test]
-    fn a_probation_without_evidence_rolls_back() {
+    fn a_probation_without_evidence_rolls_back_after_the_evidence_wait() {
         let mut r = on_probation(0);
         assert!(
             r.observe_stats(stats(500, 0, 1_000), &[stats(40, 0, 1_000)], MIN)
                 .is_empty()
         );
-        assert_eq!(r.tick(10 * MIN), rollback());
+        assert_eq!(r.deadline_us(), Some(12 * MIN));
+        assert!(r.tick(10 * MIN).is_empty());
+        assert!(r.tick(12 * MIN - 1).is_empty());
+        assert_eq!(r.phase(), &Phase::Probation);
+        assert_eq!(r.tick(12 * MIN), rollback());
         assert_eq!(
             r.transitions().last().unwrap().reason,
-            "probation ended without enough evidence: the baseline devices scored 40 windows, 100 needed"
+            "probation ended without enough evidence after 600s and 120s more: the baseline devices scored 40 windows, 100 needed"
         );
         let mut r = on_probation(0);
-        assert_eq!(r.tick(10 * MIN), rollback());
+        assert!(r.tick(10 * MIN).is_empty());
+        assert_eq!(r.tick(12 * MIN), rollback());
         assert_eq!(
             r.transitions().last().unwrap().reason,
-            "probation ended without window statistics"
+            "probation ended without window statistics after 600s and 120s more"
+        );
+    }
+
+    #[test]
+    fn evidence_that_arrives_late_still_decides_the_probation() {
+        // The lake lags: at the probation's end the baseline's windows are not all there.
+        let mut r = on_probation(0);
+        let canary = stats(500, 5, 1_000);
+        assert!(
+            r.observe_stats(canary, &[stats(40, 0, 1_000)], 9 * MIN)
+                .is_empty()
+        );
+        assert!(r.tick(10 * MIN).is_empty());
+        // They land during the wait: not worse, so the line gets it then.
+        let actions = r.observe_stats(canary, &[stats(400, 4, 1_000)], 11 * MIN);
+        assert_eq!(
+            actions,
+            [Action::PublishToLine {
+                version: "v2".into()
+            }]
+        );
+        assert_eq!(r.phase(), &Phase::Line);
+        // And late evidence of a worse canary rolls back as soon as it lands.
+        let mut r = on_probation(0);
+        assert!(r.tick(10 * MIN).is_empty());
+        assert_eq!(
+            r.observe_stats(stats(500, 100, 1_000), &[stats(400, 4, 1_000)], 11 * MIN),
+            rollback()
         );
     }
 
