@@ -109,7 +109,7 @@ fn healthcheck(
         tokio::time::timeout(timeout, loopline_common::http::get(address, path)).await
     });
     Ok(match answer {
-        Ok(Ok((status, _))) if status.split_whitespace().nth(1) == Some("200") => {
+        Ok(Ok((status, _))) if loopline_common::http::status_code(&status) == Some(200) => {
             println!("http://{address}{path}: {status}");
             ExitCode::SUCCESS
         }

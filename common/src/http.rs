@@ -114,6 +114,16 @@ pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Strin
     request(addr, "GET", path, None).await
 }
 
+/// The status code of an HTTP status line (`HTTP/1.1 200 OK` → 200); `None` when the line
+/// is not one.
+pub fn status_code(status_line: &str) -> Option<u16> {
+    let mut parts = status_line.split_whitespace();
+    parts
+        .next()
+        .filter(|version| version.starts_with("HTTP/"))?;
+    parts.next()?.parse().ok()
+}
+
 /// Sends one HTTP/1.1 request (with a JSON body, if any) and reads the whole response: the
 /// status line and the body. The command-line clients of Loopline's own HTTP APIs use it.
 pub async fn request(
@@ -148,6 +158,15 @@ pub async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_codes_are_read_from_status_lines_only() {
+        assert_eq!(status_code("HTTP/1.1 200 OK"), Some(200));
+        assert_eq!(status_code("HTTP/1.0 503 Service Unavailable"), Some(503));
+        assert_eq!(status_code(""), None);
+        assert_eq!(status_code("200 OK"), None);
+        assert_eq!(status_code("HTTP/1.1 OK"), None);
+    }
 
     struct Fixed {
         healthy: bool,

@@ -311,10 +311,8 @@ pub async fn client(api: SocketAddr, command: &Command) -> Result<()> {
         .ok()
         .and_then(|value| serde_json::to_string_pretty(&value).ok())
         .unwrap_or(text);
-    let success = status
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|code| code.starts_with('2'));
+    let success =
+        loopline_common::http::status_code(&status).is_some_and(|code| (200..300).contains(&code));
     if success {
         println!("{pretty}");
         Ok(())
