@@ -133,7 +133,7 @@ pub struct ServeArgs {
     /// Model family trained and rolled out.
     #[arg(long, env = "LOOPLINE_DISPATCH_FAMILY")]
     pub family: Option<String>,
-    /// MQTT broker, mqtt://[user:password@]host:port or mqtts://… (TLS).
+    /// MQTT broker, mqtt://host:port or mqtts://host:port (TLS), with user:password@ to log in.
     #[arg(long, env = "LOOPLINE_BROKER")]
     pub broker: Option<BrokerUrl>,
     /// MQTT client id.
