@@ -152,8 +152,21 @@ impl DispatchConfig {
         self.state_dir().join("dispatch.db")
     }
 
-    /// Checks what types cannot: names an offending key and why.
+    /// Checks what types cannot, the TLS files included: names an offending key and why.
     pub fn validate(&self) -> Result<()> {
+        self.check_values()?;
+        self.mqtt_options().map(drop)
+    }
+
+    /// [`DispatchConfig::validate`] and the MQTT options it builds, for start-up: the TLS
+    /// files are read once.
+    pub fn validated_mqtt_options(&self) -> Result<rumqttc::MqttOptions> {
+        self.check_values()?;
+        self.mqtt_options()
+    }
+
+    /// The checks of [`DispatchConfig::validate`] that read no file.
+    fn check_values(&self) -> Result<()> {
         let bad = |key: &str, why: String| Err(Error::Config(format!("{key}: {why}")));
         if self.site.is_empty() {
             return bad("site", "must not be empty".into());
@@ -176,7 +189,6 @@ impl DispatchConfig {
         if self.tick.is_zero() || self.evaluate_interval.is_zero() {
             return bad("tick/evaluate_interval", "must be longer than zero".into());
         }
-        self.mqtt_options()?;
         Ok(())
     }
 

@@ -215,8 +215,7 @@ pub fn backend(config: &DispatchConfig) -> Result<Arc<dyn Backend>> {
 
 /// Starts dispatch: the loop, the API and the event task.
 pub async fn start(config: DispatchConfig, shutdown: CancellationToken) -> Result<RunningDispatch> {
-    config.validate()?;
-    let mqtt = config.mqtt_options()?;
+    let mqtt = config.validated_mqtt_options()?;
     let state_dir = config.state_dir();
     std::fs::create_dir_all(&state_dir)
         .map_err(|e| Error::Io(format!("state folder {}", state_dir.display()), e))?;

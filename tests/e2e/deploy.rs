@@ -28,7 +28,9 @@ use rumqttc::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::harness::{Proc, announce, bin, free_port, http_get, lake_rows, wait_for_port};
+use crate::harness::{
+    Proc, announce, bin, free_port, http_get, lake_rows, mosquitto_installed, wait_for_port,
+};
 
 /// The image every Loopline service of compose.yaml runs.
 const IMAGE: &str = "loopline:latest";
@@ -585,6 +587,18 @@ impl Pki {
     fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
+
+    /// Points a Loopline client at this CA, and with `client` at `<client>.pem`/`.key` as its
+    /// certificate.
+    fn tls_flags(&self, cmd: &mut Command, client: Option<&str>) {
+        cmd.arg("--tls-ca-file").arg(self.path("ca.pem"));
+        if let Some(name) = client {
+            cmd.arg("--tls-client-cert-file")
+                .arg(self.path(&format!("{name}.pem")))
+                .arg("--tls-client-key-file")
+                .arg(self.path(&format!("{name}.key")));
+        }
+    }
 }
 
 impl ShippedMosquitto {
@@ -593,17 +607,7 @@ impl ShippedMosquitto {
     }
 
     fn start_with(dir: &Path, tls: bool) -> Option<ShippedMosquitto> {
-        let have = Command::new("mosquitto")
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !have {
-            assert!(
-                std::env::var("LOOPLINE_TEST_BROKER").as_deref() != Ok("mosquitto"),
-                "LOOPLINE_TEST_BROKER=mosquitto but mosquitto is not on the PATH"
-            );
+        if !mosquitto_installed() {
             announce("e2e: the shipped Mosquitto config needs Mosquitto; not installed, not run");
             return None;
         }
@@ -1017,15 +1021,8 @@ fn the_shipped_tls_listener_examples_carry_agents_and_dispatch_with_passwords_an
             .args(["--site", "site-1", "--line", "line-1", "--devices", device])
             .args(["--batches", "2"])
             .arg("--state-dir")
-            .arg(dir.path().join(format!("agent-{device}")))
-            .arg("--tls-ca-file")
-            .arg(pki.path("ca.pem"));
-        if client_cert {
-            cmd.arg("--tls-client-cert-file")
-                .arg(pki.path(&format!("{device}.pem")))
-                .arg("--tls-client-key-file")
-                .arg(pki.path(&format!("{device}.key")));
-        }
+            .arg(dir.path().join(format!("agent-{device}")));
+        pki.tls_flags(&mut cmd, client_cert.then_some(device));
         let out = cmd.env_remove("LOOPLINE_BROKER").output().unwrap();
         assert!(
             out.status.success(),
@@ -1070,15 +1067,8 @@ fn the_shipped_tls_listener_examples_carry_agents_and_dispatch_with_passwords_an
             .args(["--client-id", name, "--listen"])
             .arg(format!("127.0.0.1:{listen}"))
             .arg("--lake")
-            .arg(dir.path().join(format!("{name}-lake")))
-            .arg("--tls-ca-file")
-            .arg(pki.path("ca.pem"));
-        if client_cert {
-            cmd.arg("--tls-client-cert-file")
-                .arg(pki.path("dispatch.pem"))
-                .arg("--tls-client-key-file")
-                .arg(pki.path("dispatch.key"));
-        }
+            .arg(dir.path().join(format!("{name}-lake")));
+        pki.tls_flags(&mut cmd, client_cert.then_some("dispatch"));
         cmd.env_remove("LOOPLINE_BROKER");
         let mut proc = Proc::spawn(name, cmd, dir.path());
         wait_for_port(listen, name);

@@ -260,22 +260,10 @@ impl Broker {
 
     fn launch(logs: &Path, persistent: bool) -> Broker {
         let wanted = std::env::var("LOOPLINE_TEST_BROKER").unwrap_or_default();
-        let have_mosquitto = Command::new("mosquitto")
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
         let use_mosquitto = match wanted.as_str() {
-            "mosquitto" => {
-                assert!(
-                    have_mosquitto,
-                    "LOOPLINE_TEST_BROKER=mosquitto but mosquitto is not on the PATH"
-                );
-                true
-            }
+            "mosquitto" => mosquitto_installed(),
             "embedded" => false,
-            "" => have_mosquitto,
+            "" => mosquitto_installed(),
             other => panic!("LOOPLINE_TEST_BROKER={other:?}: expected mosquitto or embedded"),
         };
         let port = free_port();
@@ -404,6 +392,22 @@ impl Broker {
         }
         let _ = client.disconnect();
     }
+}
+
+/// Whether `mosquitto` is on the PATH. With `LOOPLINE_TEST_BROKER=mosquitto` it must be: a
+/// missing Mosquitto then fails the test instead of letting it fall back or skip.
+pub fn mosquitto_installed() -> bool {
+    let installed = Command::new("mosquitto")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        installed || std::env::var("LOOPLINE_TEST_BROKER").as_deref() != Ok("mosquitto"),
+        "LOOPLINE_TEST_BROKER=mosquitto but mosquitto is not on the PATH"
+    );
+    installed
 }
 
 /// `GET path` from a local HTTP endpoint: the status line and the body.
